@@ -1,0 +1,79 @@
+"""The process status vocabulary: the six states, their groups, and which moves are legal.
+
+This module is the single source of the words stored in ``process_status``. It imports
+nothing from Celery or MongoDB, so the datafix and any reporting tool can use it alone.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ProcessStatus(str, Enum):
+    """Where a :class:`procstatus.Proc` stands. Stored in MongoDB as the member's name."""
+
+    READY = "READY"
+    """Never run, or ready to run again."""
+    PENDING = "PENDING"
+    """Called; the task is queued and no worker has started it yet."""
+    RUNNING = "RUNNING"
+    """A worker is running the process method (or its ``join()``)."""
+    WAITING_FOR_RESULT = "WAITING_FOR_RESULT"
+    """The process returned and waits for child processes before its ``join()``."""
+    SUCCESS = "SUCCESS"
+    """The last process completed successfully."""
+    FAILURE = "FAILURE"
+    """The last process completed with a fatal failure; ``errors`` says why."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def processing(cls) -> frozenset[ProcessStatus]:
+        """States in which a process is under way: a new call is refused."""
+        return PROCESSING
+
+    @classmethod
+    def completed(cls) -> frozenset[ProcessStatus]:
+        """States in which the last process has ended."""
+        return COMPLETED
+
+    @property
+    def is_processing(self) -> bool:
+        return self in PROCESSING
+
+    @property
+    def is_completed(self) -> bool:
+        return self in COMPLETED
+
+
+PROCESSING: frozenset[ProcessStatus] = frozenset(
+    {ProcessStatus.PENDING, ProcessStatus.RUNNING, ProcessStatus.WAITING_FOR_RESULT}
+)
+COMPLETED: frozenset[ProcessStatus] = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
+SCHEDULABLE: frozenset[ProcessStatus] = frozenset({ProcessStatus.READY}) | COMPLETED
+"""States from which a process method may be called."""
+
+LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
+    ProcessStatus.READY: frozenset({ProcessStatus.PENDING}),
+    ProcessStatus.PENDING: frozenset(
+        # READY/SUCCESS/FAILURE: the publish failed and the previous state is restored.
+        {ProcessStatus.RUNNING, ProcessStatus.FAILURE} | SCHEDULABLE
+    ),
+    ProcessStatus.RUNNING: frozenset(
+        {ProcessStatus.SUCCESS, ProcessStatus.FAILURE, ProcessStatus.WAITING_FOR_RESULT}
+    ),
+    ProcessStatus.WAITING_FOR_RESULT: frozenset({ProcessStatus.RUNNING, ProcessStatus.FAILURE}),
+    ProcessStatus.SUCCESS: frozenset({ProcessStatus.PENDING}),
+    ProcessStatus.FAILURE: frozenset({ProcessStatus.PENDING}),
+}
+
+
+def is_legal(current: ProcessStatus, new: ProcessStatus) -> bool:
+    """Whether the state machine ever moves a document from ``current`` to ``new``."""
+    return new in LEGAL_TRANSITIONS[current]
+
+
+def values(states: frozenset[ProcessStatus] | set[ProcessStatus]) -> list[str]:
+    """The stored strings of ``states``, sorted, ready for a ``$in`` query."""
+    return sorted(s.value for s in states)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need, idempotently: the project venv (.venv),
+# SecantusDB in a venv of its own (.secantus-venv, skipped when MONGODB_URI is set),
+# and a running Redis (skipped when CELERY_BROKER_URL is set).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+SECANTUS_VERSION="0.7.0b3"   # a pre-release: keep it pinned exactly
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.procstatus-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing procstatus[test,datafix] into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,datafix]'
+  touch "$stamp"
+fi
+
+if [ -z "${MONGODB_URI:-}" ]; then
+  if [ ! -x .secantus-venv/bin/python ] || ! .secantus-venv/bin/python -c \
+      "import secantus, sys; sys.exit(secantus.__version__ != '$SECANTUS_VERSION')" 2>/dev/null; then
+    say "installing SecantusDB==$SECANTUS_VERSION into .secantus-venv"
+    "$PYTHON" -m venv .secantus-venv
+    .secantus-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+      "SecantusDB==$SECANTUS_VERSION"
+  fi
+fi
+
+if [ -z "${CELERY_BROKER_URL:-}" ]; then
+  .venv/bin/python -c "from devtools.services import ensure_local_redis; ensure_local_redis()"
+fi
