@@ -54,3 +54,75 @@ def broker_url() -> str:
     if not os.environ.get("CELERY_BROKER_URL"):
         services.ensure_local_redis()
     return url
+
+
+# --- the procstatus lifecycle: test process connection, test app, real workers --------
+
+SESSION_TAG = uuid.uuid4().hex[:8]
+os.environ.setdefault("PROCSTATUS_TEST_QUEUE", f"procstatus-tests-{SESSION_TAG}")
+os.environ.setdefault("PROCSTATUS_TEST_DB", f"procstatus_tests_{SESSION_TAG}")
+
+from tests.support.command_log import CommandRecorder  # noqa: E402
+
+CALLER_COMMANDS = CommandRecorder()
+CALLER_COMMANDS.active = False
+pymongo.monitoring.register(CALLER_COMMANDS)
+
+
+@pytest.fixture(scope="session")
+def test_db(mongodb_uri: str, mongo_client: pymongo.MongoClient) -> Iterator[str]:
+    """Connects this process's mongoengine to the session's test database."""
+    import mongoengine
+
+    name = os.environ["PROCSTATUS_TEST_DB"]
+    mongoengine.connect(db=name, host=mongodb_uri)
+    try:
+        yield name
+    finally:
+        mongoengine.disconnect()
+        mongo_client.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def celery_app_under_test(broker_url: str, test_db: str):  # type: ignore[no-untyped-def]
+    os.environ.setdefault("CELERY_BROKER_URL", broker_url)
+    from tests.support.worker_app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def worker_env(mongodb_uri: str, broker_url: str, test_db: str, service_log_dir: Path) -> dict:
+    return {
+        "MONGODB_URI": mongodb_uri,
+        "CELERY_BROKER_URL": broker_url,
+        "PROCSTATUS_TEST_DB": test_db,
+        "PROCSTATUS_TEST_QUEUE": os.environ["PROCSTATUS_TEST_QUEUE"],
+        "PROCSTATUS_TEST_COMMAND_LOG": str(service_log_dir / "worker-commands.log"),
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(
+    celery_app_under_test, worker_env: dict, service_log_dir: Path  # type: ignore[no-untyped-def]
+) -> Iterator[services.Service]:
+    """One real ``celery worker`` (prefork, concurrency 2) for the whole session."""
+    celery_app_under_test.control.purge()
+    service = services.start_worker(
+        "tests.support.worker_app",
+        service_log_dir,
+        hostname=f"main-{SESSION_TAG}@%h",
+        env=worker_env,
+        concurrency=2,
+    )
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def redis_client(broker_url: str):  # type: ignore[no-untyped-def]
+    import redis
+
+    return redis.Redis.from_url(broker_url)

@@ -1,0 +1,214 @@
+"""The ``@process`` decorator: argument checks, scheduling, publishing, and resolving messages.
+
+Calling a decorated method on a saved :class:`~procstatus.Proc` checks the arguments,
+moves the document to PENDING in one conditional write and publishes the one generic
+task that :func:`procstatus.install` registered. The same module turns a task message
+back into (class, document id, method): only ``@process`` methods of ``Proc``
+subclasses resolve, so a forged message cannot reach anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from celery.utils import uuid as celery_uuid
+from mongoengine.base import get_document
+from mongoengine.errors import NotRegistered
+
+from procstatus import transitions
+from procstatus.errors import NotInstalled, ProcessAlreadyRunning
+from procstatus.status import ProcessStatus
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from procstatus.document import Proc
+
+logger = logging.getLogger("procstatus")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_ARGUMENT_BYTES = 256 * 1024
+"""Largest JSON encoding of a call's arguments; bigger data belongs in the document."""
+
+_SPEC_ATTRIBUTE = "__procstatus_process__"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What ``@process`` knows about one method."""
+
+    name: str
+    function: Callable[..., Any]
+    is_child: bool = False
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class ProcessCall:
+    """A task message resolved to the class, id and method it names."""
+
+    cls: type[Proc]
+    pk: Any
+    spec: ProcessSpec
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+    def describe(self) -> str:
+        return f"{self.cls.__name__}({self.pk}).{self.spec.name}"
+
+
+class MessageRejected(ValueError):
+    """A task message does not name a ``@process`` method of a ``Proc`` subclass."""
+
+
+_publisher: Task | None = None
+
+
+def set_publisher(task: Task) -> None:
+    """Called by :func:`procstatus.install` with the generic task."""
+    global _publisher
+    _publisher = task
+
+
+def process(
+    function: F | None = None, *, is_child: bool = False, queue: str | None = None
+) -> Any:
+    """Make a ``Proc`` method a process: calling it runs it on a Celery worker.
+
+    Use as ``@process`` or ``@process(is_child=True, queue="heavy")``. ``is_child`` marks
+    processes of children that report to a parent waiting in WAITING_FOR_RESULT.
+    """
+
+    def decorate(fn: F) -> F:
+        spec = ProcessSpec(fn.__name__, fn, is_child=is_child, queue=queue)
+
+        @functools.wraps(fn)
+        def call(self: Proc, *args: Any, **kwargs: Any) -> None:
+            dispatch(self, spec, args, kwargs)
+
+        setattr(call, _SPEC_ATTRIBUTE, spec)
+        return call  # type: ignore[return-value]
+
+    if function is not None:
+        return decorate(function)
+    return decorate
+
+
+def process_spec(cls: type, name: str) -> ProcessSpec | None:
+    """The spec of ``cls.name`` if it is a ``@process`` method, else ``None``."""
+    attribute = getattr(cls, name, None)
+    spec = getattr(attribute, _SPEC_ATTRIBUTE, None)
+    return spec if isinstance(spec, ProcessSpec) else None
+
+
+def check_arguments(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming the first argument that JSON cannot carry."""
+    named = [(f"positional argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{label} of {owner}() is not JSON-serializable ({exc}); process "
+                "arguments travel as JSON: pass str, int, float, bool, None, or lists "
+                "and dicts of them (store anything bigger on the document)"
+            ) from None
+    size = len(json.dumps([list(args), kwargs]))
+    if size > MAX_ARGUMENT_BYTES:
+        raise ValueError(
+            f"arguments of {owner}() are {size} bytes as JSON, over the "
+            f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on the document"
+        )
+
+
+def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Schedule ``spec`` on ``proc`` and publish its task; see :func:`process`."""
+    owner = f"{type(proc).__name__}.{spec.name}"
+    check_arguments(owner, args, kwargs)
+    if proc.pk is None:
+        raise ValueError(f"save() the {type(proc).__name__} before calling {spec.name}()")
+    if _publisher is None:
+        raise NotInstalled(
+            f"{owner}() needs a Celery app: call procstatus.install(celery_app) at import "
+            "time of your Celery app module"
+        )
+    collection = proc._get_collection()
+    task_id = celery_uuid()
+    previous = transitions.schedule(collection, proc.pk, spec.name, task_id)
+    if previous is None:
+        state = transitions.read_state(collection, proc.pk)
+        if state is None:
+            raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
+        raise ProcessAlreadyRunning(
+            proc, spec.name, state.get("process_status"), state.get("current_process")
+        )
+    try:
+        _publisher.apply_async(
+            args=[type(proc)._class_name, _json_pk(proc.pk), spec.name, list(args), kwargs],
+            task_id=task_id,
+            queue=spec.queue,
+        )
+    except BaseException:
+        # The message is not on the broker: nothing will ever start this run.
+        if not transitions.unschedule(collection, proc.pk, task_id, previous):
+            logger.error("could not restore %s(%s) after a failed publish", owner, proc.pk)
+        raise
+    proc._set_state(
+        {
+            "process_status": ProcessStatus.PENDING,
+            "current_process": spec.name,
+            "current_process_step": None,
+            "errors": [],
+            "warnings": [],
+            "last_status_message": f"Process {spec.name} pending",
+            "start_time": None,
+            "complete_time": None,
+            "worker_hostname": None,
+            "celery_task_id": task_id,
+        }
+    )
+
+
+def _json_pk(pk: Any) -> Any:
+    return pk if isinstance(pk, (int, str)) and not isinstance(pk, bool) else str(pk)
+
+
+def resolve(args: Sequence[Any], kwargs: dict[str, Any]) -> ProcessCall:
+    """Turn the generic task's arguments back into a :class:`ProcessCall`, or reject them."""
+    from procstatus.document import Proc  # the document module has no Celery dependency
+
+    if kwargs or len(args) != 5:
+        raise MessageRejected(f"expected 5 positional arguments, got {len(args)} and {kwargs!r}")
+    class_name, raw_pk, method, call_args, call_kwargs = args
+    if not isinstance(class_name, str) or not isinstance(method, str):
+        raise MessageRejected("class and method names must be strings")
+    try:
+        cls = get_document(class_name)
+    except NotRegistered:
+        raise MessageRejected(
+            f"unknown document class {class_name!r}: the worker must import the module "
+            "that defines it (Celery 'imports' or 'include')"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Proc)) or cls._meta.get("abstract"):
+        raise MessageRejected(f"{class_name!r} is not a concrete Proc subclass")
+    spec = process_spec(cls, method)
+    if spec is None:
+        raise MessageRejected(f"{class_name}.{method} is not a @process method")
+    if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
+        raise MessageRejected("process arguments must be a list and a dict")
+    id_field = cls._fields[cls._meta["id_field"]]
+    try:
+        pk = id_field.to_python(raw_pk)
+        id_field.validate(pk)
+    except Exception as exc:
+        raise MessageRejected(f"invalid document id {raw_pk!r} for {class_name}: {exc}") from None
+    if pk is None:
+        raise MessageRejected(f"missing document id for {class_name}")
+    return ProcessCall(cls, pk, spec, call_args, call_kwargs)

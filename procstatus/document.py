@@ -1,0 +1,195 @@
+"""The abstract ``Proc`` Document: its status fields, indexes, queries and read-side helpers.
+
+Subclass it, add your own fields and ``meta`` (the base index on ``process_status`` is
+kept), and decorate methods with :func:`procstatus.process`. Status fields are written
+only by :mod:`procstatus.transitions`; ``save()`` refuses to write them on an existing
+document, so a stale in-memory copy can never overwrite a newer status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mongoengine import DateTimeField, Document, EnumField, ListField, StringField
+from mongoengine.queryset import QuerySet
+
+from procstatus import transitions
+from procstatus.errors import NotRunning, StatusFieldWrite
+from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
+
+if TYPE_CHECKING:
+    from mongoengine.queryset import QuerySet as _QuerySet
+
+P = TypeVar("P", bound="Proc")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ProcQuerySet(QuerySet):
+    """Queries by status: ``Upload.objects.processing()``, ``.failed()``, ``.with_status(...)``."""
+
+    def with_status(self, *statuses: ProcessStatus | str) -> ProcQuerySet:
+        return self.filter(process_status__in=[ProcessStatus(s) for s in statuses])
+
+    def processing(self) -> ProcQuerySet:
+        """Documents with a process under way (PENDING, RUNNING, WAITING_FOR_RESULT)."""
+        return self.with_status(*PROCESSING)
+
+    def completed(self) -> ProcQuerySet:
+        return self.with_status(*COMPLETED)
+
+    def failed(self) -> ProcQuerySet:
+        return self.with_status(ProcessStatus.FAILURE)
+
+
+class Proc(Document):
+    """A document whose processes run on Celery workers and whose status is always stored."""
+
+    meta = {
+        "abstract": True,
+        "queryset_class": ProcQuerySet,
+        "indexes": ["process_status"],
+    }
+
+    process_status = EnumField(ProcessStatus, default=ProcessStatus.READY, required=True)
+    current_process = StringField(default=None)
+    current_process_step = StringField(default=None)
+    errors = ListField(StringField())
+    warnings = ListField(StringField())
+    last_status_message = StringField(default=None)
+    create_time = DateTimeField(default=_utcnow)
+    start_time = DateTimeField(default=None)
+    complete_time = DateTimeField(default=None)
+    status_changed_at = DateTimeField(default=None)
+    worker_hostname = StringField(default=None)
+    celery_task_id = StringField(default=None)
+
+    # --- creation --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls: type[P], **fields: Any) -> P:
+        """Insert a new document (READY unless told otherwise) and return it."""
+        proc = cls(**fields)
+        proc.save(force_insert=True)
+        return proc
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if not self._created:
+            changed = {name.split(".", 1)[0] for name in self._get_changed_fields()}
+            owned = sorted(changed & _STATE_FIELD_SET)
+            if owned:
+                raise StatusFieldWrite(
+                    f"save() would overwrite {', '.join(owned)} of {type(self).__name__}"
+                    f"({self.pk}); these fields are written only by procstatus's state "
+                    "machine. Reload the document (reload()) or leave them unchanged."
+                )
+        return super().save(*args, **kwargs)
+
+    # --- reading ---------------------------------------------------------------------
+
+    @property
+    def process_running(self) -> bool:
+        """Whether the last known status is PENDING, RUNNING or WAITING_FOR_RESULT."""
+        return self.process_status in PROCESSING
+
+    def reload_status(self) -> ProcessStatus:
+        """Re-read only the status fields from the database; returns the status."""
+        state = transitions.read_state(self._get_collection(), self.pk)
+        if state is None:
+            raise self.DoesNotExist(f"{type(self).__name__}({self.pk}) no longer exists")
+        self._set_state(state)
+        return self.process_status
+
+    def block_until_complete(self, timeout: float = 60.0, interval: float = 0.1) -> ProcessStatus:
+        """Poll until no process is under way; returns the final status.
+
+        Raises ``TimeoutError`` (naming the status it was stuck in) after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while self.reload_status() in PROCESSING:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{type(self).__name__}({self.pk}) still {self.process_status} "
+                    f"({self.current_process}: {self.current_process_step!r}) after {timeout}s"
+                )
+            time.sleep(interval)
+        return self.process_status
+
+    # --- inside a running process ----------------------------------------------------
+
+    def set_process_step(self, step: str | None) -> None:
+        """Record what the process is doing now; others see it at once."""
+        if step is not None and not isinstance(step, str):
+            raise TypeError(f"process step must be str or None, not {type(step).__name__}")
+        if not transitions.set_step(self._get_collection(), self.pk, self.celery_task_id, step):
+            self._raise_not_running("set_process_step")
+        self._set_state({"current_process_step": step})
+
+    def warning(self, *messages: str) -> None:
+        """Append warnings to this process's record (the process goes on)."""
+        texts = [str(m) for m in messages]
+        if not texts:
+            return
+        coll = self._get_collection()
+        if not transitions.add_warnings(coll, self.pk, self.celery_task_id, texts):
+            self._raise_not_running("warning")
+        self._set_state({"warnings": [*(self.warnings or []), *texts]})
+
+    # --- hooks a subclass may override -------------------------------------------------
+
+    def on_success(self) -> None:
+        """Runs on the worker after the process returned, before SUCCESS is written."""
+
+    def on_fail(self) -> None:
+        """Runs on the worker after the process failed, before FAILURE is written."""
+
+    def on_waiting_for_result(self) -> None:
+        """Runs on the worker before WAITING_FOR_RESULT is written."""
+
+    # --- parents and children ----------------------------------------------------------
+
+    def parent(self) -> Proc | None:
+        """A child returns the parent it reports to (``@process(is_child=True)`` methods)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has child processes but does not implement parent()"
+        )
+
+    def children(self) -> _QuerySet:
+        """A parent returns a QuerySet of the children it waits for."""
+        raise NotImplementedError(
+            f"{type(self).__name__} returned WAITING_FOR_RESULT but does not implement children()"
+        )
+
+    def join(self) -> ProcessStatus | None:
+        """Runs once, on a worker, when every child has completed.
+
+        Return ``None`` for SUCCESS or ``ProcessStatus.WAITING_FOR_RESULT`` to wait again;
+        raise to fail.
+        """
+        return None
+
+    # --- internal --------------------------------------------------------------------
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        """Mirror state-machine writes into this object without marking fields changed."""
+        for name, value in state.items():
+            if name in _STATE_FIELD_SET:
+                self._data[name] = self._fields[name].to_python(value) if value is not None else value
+
+    def _raise_not_running(self, operation: str) -> None:
+        state = transitions.read_state(self._get_collection(), self.pk) or {}
+        raise NotRunning(
+            f"{operation}() is only allowed inside this object's running process; "
+            f"{type(self).__name__}({self.pk}) is "
+            f"{state.get('process_status', 'deleted')}"
+            f"{' for another task' if state.get('celery_task_id') not in (None, self.celery_task_id) else ''}."
+        )
+
+
+_STATE_FIELD_SET = frozenset(transitions.STATE_FIELDS)
+

@@ -1,0 +1,208 @@
+"""The state machine's writes: every change of a status field, each one conditional and atomic.
+
+Each function here is one MongoDB command. Its filter names the status it expects (and,
+once a task exists, that task's id), so a stale, duplicated or late event matches nothing
+and changes nothing; the return value says whether the write won. Nothing here upserts:
+a document deleted meanwhile stays deleted.
+
+This module knows collections and primary keys, not Documents, and imports no Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+
+from procstatus.status import COMPLETED, SCHEDULABLE, ProcessStatus, values
+
+STATE_FIELDS: tuple[str, ...] = (
+    "process_status",
+    "current_process",
+    "current_process_step",
+    "errors",
+    "warnings",
+    "last_status_message",
+    "start_time",
+    "complete_time",
+    "status_changed_at",
+    "worker_hostname",
+    "celery_task_id",
+)
+"""Fields written only through this module."""
+
+_SCHEDULABLE = values(SCHEDULABLE)
+_PROJECTION = {name: 1 for name in STATE_FIELDS}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def schedule(
+    collection: Collection, pk: Any, process: str, task_id: str
+) -> dict[str, Any] | None:
+    """READY/SUCCESS/FAILURE → PENDING for ``process`` under ``task_id``.
+
+    Returns the state fields as they were before (so a failed publish can restore them),
+    or ``None`` when the document is missing or already processing.
+    """
+    return collection.find_one_and_update(
+        {"_id": pk, "process_status": {"$in": _SCHEDULABLE}},
+        {
+            "$set": {
+                "process_status": ProcessStatus.PENDING.value,
+                "current_process": process,
+                "current_process_step": None,
+                "errors": [],
+                "warnings": [],
+                "last_status_message": f"Process {process} pending",
+                "start_time": None,
+                "complete_time": None,
+                "status_changed_at": now(),
+                "worker_hostname": None,
+                "celery_task_id": task_id,
+            }
+        },
+        projection=_PROJECTION,
+        return_document=ReturnDocument.BEFORE,
+    )
+
+
+def unschedule(
+    collection: Collection, pk: Any, task_id: str, previous: Mapping[str, Any]
+) -> bool:
+    """Undo :func:`schedule` after the task could not be published: restore ``previous``."""
+    restore = {name: previous[name] for name in STATE_FIELDS if name in previous}
+    absent = {name: "" for name in STATE_FIELDS if name not in previous}
+    update: dict[str, Any] = {"$set": restore}
+    if absent:
+        update["$unset"] = absent
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
+        update,
+    )
+    return result.modified_count == 1
+
+
+def start(collection: Collection, pk: Any, task_id: str, hostname: str | None) -> dict | None:
+    """PENDING → RUNNING for exactly this task; returns the whole document after the write.
+
+    ``None`` means the claim was lost: the document is gone, was cancelled, already ran
+    (a duplicate delivery) or belongs to a newer task.
+    """
+    moment = now()
+    return collection.find_one_and_update(
+        {"_id": pk, "process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
+        {
+            "$set": {
+                "process_status": ProcessStatus.RUNNING.value,
+                "start_time": moment,
+                "status_changed_at": moment,
+                "worker_hostname": hostname,
+            }
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def complete(
+    collection: Collection,
+    pk: Any,
+    task_id: str | None,
+    status: ProcessStatus,
+    *,
+    message: str,
+    errors: Sequence[str] = (),
+) -> bool:
+    """RUNNING → SUCCESS, FAILURE or WAITING_FOR_RESULT for the run owned by ``task_id``."""
+    if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
+        raise ValueError(f"complete() cannot write {status}")
+    moment = now()
+    fields: dict[str, Any] = {
+        "process_status": status.value,
+        "last_status_message": message,
+        "status_changed_at": moment,
+    }
+    if status in COMPLETED:
+        fields["complete_time"] = moment
+    update: dict[str, Any] = {"$set": fields}
+    if errors:
+        update["$push"] = {"errors": {"$each": list(errors)}}
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+        update,
+    )
+    return result.modified_count == 1
+
+
+def fail_unclaimed(collection: Collection, pk: Any, task_id: str, error: str) -> bool:
+    """PENDING/RUNNING → FAILURE for a task that ended without its own completion write.
+
+    Used where the process's own hooks could not run: the task never started, or the
+    worker lost it.
+    """
+    moment = now()
+    result = collection.update_one(
+        {
+            "_id": pk,
+            "process_status": {
+                "$in": [ProcessStatus.PENDING.value, ProcessStatus.RUNNING.value]
+            },
+            "celery_task_id": task_id,
+        },
+        {
+            "$set": {
+                "process_status": ProcessStatus.FAILURE.value,
+                "last_status_message": f"Process failed: {error}",
+                "complete_time": moment,
+                "status_changed_at": moment,
+            },
+            "$push": {"errors": error},
+        },
+    )
+    return result.modified_count == 1
+
+
+def begin_join(collection: Collection, pk: Any) -> dict | None:
+    """WAITING_FOR_RESULT → RUNNING, won by exactly one caller; returns the document after."""
+    moment = now()
+    return collection.find_one_and_update(
+        {"_id": pk, "process_status": ProcessStatus.WAITING_FOR_RESULT.value},
+        {
+            "$set": {
+                "process_status": ProcessStatus.RUNNING.value,
+                "last_status_message": "Joining results",
+                "status_changed_at": moment,
+            }
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def set_step(collection: Collection, pk: Any, task_id: str | None, step: str | None) -> bool:
+    """Write ``current_process_step`` while this run is RUNNING (one single-field update)."""
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+        {"$set": {"current_process_step": step}},
+    )
+    return result.matched_count == 1
+
+
+def add_warnings(
+    collection: Collection, pk: Any, task_id: str | None, messages: Sequence[str]
+) -> bool:
+    """Append ``messages`` to ``warnings`` while this run is RUNNING."""
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+        {"$push": {"warnings": {"$each": list(messages)}}},
+    )
+    return result.matched_count == 1
+
+
+def read_state(collection: Collection, pk: Any) -> dict | None:
+    """The state fields as stored now (to explain a lost condition), or ``None`` if gone."""
+    return collection.find_one({"_id": pk}, _PROJECTION)

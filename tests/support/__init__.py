@@ -1,0 +1,1 @@
+"""Test-only code: the models and Celery app the test workers run."""
