@@ -16,6 +16,7 @@ from procstatus.errors import (
 )
 from procstatus.hooks import install
 from procstatus.status import ProcessStatus
+from procstatus.sweeper import SweepReport, sweep
 
 __all__ = [
     "NotInstalled",
@@ -27,7 +28,9 @@ __all__ = [
     "ProcessFailure",
     "ProcessStatus",
     "StatusFieldWrite",
+    "SweepReport",
     "install",
     "process",
+    "sweep",
 ]
 __version__ = "0.1.0"

@@ -33,7 +33,7 @@ logger = logging.getLogger("procstatus")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAX_ARGUMENT_BYTES = 256 * 1024
+MAX_ARGUMENT_BYTES = 64 * 1024
 """Largest JSON encoding of a call's arguments; bigger data belongs in the document."""
 
 _SPEC_ATTRIBUTE = "__procstatus_process__"
@@ -47,6 +47,17 @@ class ProcessSpec:
     function: Callable[..., Any]
     is_child: bool = False
     queue: str | None = None
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    max_retries: int = 3
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 600.0
+    retry_on_worker_lost: bool = False
+
+    def retry_countdown(self, retries_done: int) -> float:
+        """Seconds before attempt ``retries_done + 2``: exponential, capped."""
+        return float(min(self.retry_backoff * (2 ** retries_done), self.retry_backoff_max))
 
 
 @dataclass(frozen=True)
@@ -77,16 +88,49 @@ def set_publisher(task: Task) -> None:
 
 
 def process(
-    function: F | None = None, *, is_child: bool = False, queue: str | None = None
+    function: F | None = None,
+    *,
+    is_child: bool = False,
+    queue: str | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
+    autoretry_for: tuple[type[BaseException], ...] = (),
+    max_retries: int = 3,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 600.0,
+    retry_on_worker_lost: bool = False,
 ) -> Any:
     """Make a ``Proc`` method a process: calling it runs it on a Celery worker.
 
-    Use as ``@process`` or ``@process(is_child=True, queue="heavy")``. ``is_child`` marks
-    processes of children that report to a parent waiting in WAITING_FOR_RESULT.
+    Use as ``@process`` or ``@process(...)`` with:
+
+    - ``is_child``: the method belongs to a child that reports to a parent waiting in
+      WAITING_FOR_RESULT (the child implements ``parent()``).
+    - ``queue``: the Celery queue to send it to.
+    - ``soft_time_limit`` / ``time_limit``: Celery's limits in seconds; exceeding either
+      ends the process in FAILURE naming the limit.
+    - ``autoretry_for``, ``max_retries``, ``retry_backoff``, ``retry_backoff_max``: retry on
+      these exceptions, waiting ``retry_backoff * 2**n`` seconds (capped); the document
+      goes back to PENDING between attempts and each failed attempt is kept in
+      ``warnings``.
+    - ``retry_on_worker_lost``: the process is idempotent; when its worker is lost it is
+      sent again instead of failing.
     """
+    if not isinstance(autoretry_for, tuple) or not all(
+        isinstance(e, type) and issubclass(e, BaseException) for e in autoretry_for
+    ):
+        raise TypeError("autoretry_for must be a tuple of exception classes")
+    if max_retries < 0 or retry_backoff < 0:
+        raise ValueError("max_retries and retry_backoff must not be negative")
 
     def decorate(fn: F) -> F:
-        spec = ProcessSpec(fn.__name__, fn, is_child=is_child, queue=queue)
+        spec = ProcessSpec(
+            fn.__name__, fn, is_child=is_child, queue=queue,
+            soft_time_limit=soft_time_limit, time_limit=time_limit,
+            autoretry_for=autoretry_for, max_retries=max_retries,
+            retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
+            retry_on_worker_lost=retry_on_worker_lost,
+        )
 
         @functools.wraps(fn)
         def call(self: Proc, *args: Any, **kwargs: Any) -> None:
@@ -140,8 +184,9 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
             "time of your Celery app module"
         )
     collection = proc._get_collection()
-    task_id = celery_uuid()
-    previous = transitions.schedule(collection, proc.pk, spec.name, task_id)
+    task_id = new_task_id()
+    arguments = {"args": list(args), "kwargs": dict(kwargs)}
+    previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
     if previous is None:
         state = transitions.read_state(collection, proc.pk)
         if state is None:
@@ -150,11 +195,7 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
             proc, spec.name, state.get("process_status"), state.get("current_process")
         )
     try:
-        _publisher.apply_async(
-            args=[type(proc)._class_name, _json_pk(proc.pk), spec.name, list(args), kwargs],
-            task_id=task_id,
-            queue=spec.queue,
-        )
+        publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
     except BaseException:
         # The message is not on the broker: nothing will ever start this run.
         if not transitions.unschedule(collection, proc.pk, task_id, previous):
@@ -174,6 +215,37 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
             "celery_task_id": task_id,
         }
     )
+
+
+def publish(
+    cls: type[Proc],
+    pk: Any,
+    spec: ProcessSpec,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    task_id: str,
+) -> None:
+    """Send the generic task for an already scheduled call."""
+    if _publisher is None:
+        raise NotInstalled("procstatus.install(celery_app) was not called in this process")
+    _publisher.apply_async(
+        args=[cls._class_name, _json_pk(pk), spec.name, args, kwargs],
+        task_id=task_id,
+        queue=spec.queue,
+        soft_time_limit=spec.soft_time_limit,
+        time_limit=spec.time_limit,
+    )
+
+
+def revoke(task_id: str, *, terminate: bool) -> None:
+    """Tell the workers to drop (or, with ``terminate``, kill) the task ``task_id``."""
+    if _publisher is None:
+        raise NotInstalled("procstatus.install(celery_app) was not called in this process")
+    _publisher.app.control.revoke(task_id, terminate=terminate, signal="SIGKILL")
+
+
+def new_task_id() -> str:
+    return celery_uuid()
 
 
 def _json_pk(pk: Any) -> Any:
@@ -203,6 +275,11 @@ def resolve(args: Sequence[Any], kwargs: dict[str, Any]) -> ProcessCall:
         raise MessageRejected(f"{class_name}.{method} is not a @process method")
     if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
         raise MessageRejected("process arguments must be a list and a dict")
+    size = len(json.dumps([call_args, call_kwargs], default=str))
+    if size > MAX_ARGUMENT_BYTES:
+        raise MessageRejected(
+            f"arguments are {size} bytes as JSON, over the {MAX_ARGUMENT_BYTES}-byte limit"
+        )
     id_field = cls._fields[cls._meta["id_field"]]
     try:
         pk = id_field.to_python(raw_pk)

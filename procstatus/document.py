@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mongoengine import DateTimeField, Document, EnumField, ListField, StringField
+from mongoengine import (
+    BooleanField,
+    DateTimeField,
+    DictField,
+    Document,
+    EnumField,
+    IntField,
+    ListField,
+    StringField,
+)
 from mongoengine.queryset import QuerySet
 
 from procstatus import transitions
@@ -67,7 +76,11 @@ class Proc(Document):
     complete_time = DateTimeField(default=None)
     status_changed_at = DateTimeField(default=None)
     worker_hostname = StringField(default=None)
+    worker_instance = StringField(default=None)
+    worker_pid = IntField(default=None)
     celery_task_id = StringField(default=None)
+    process_arguments = DictField(default=None)
+    joining = BooleanField(default=False)
 
     # --- creation --------------------------------------------------------------------
 
@@ -139,6 +152,33 @@ class Proc(Document):
         if not transitions.add_warnings(coll, self.pk, self.celery_task_id, texts):
             self._raise_not_running("warning")
         self._set_state({"warnings": [*(self.warnings or []), *texts]})
+
+    def cancel(self, terminate: bool = False) -> bool:
+        """End the process under way as FAILURE "cancelled"; ``False`` if none was.
+
+        A PENDING process never runs: its message is revoked and, should a worker get it
+        anyway, the claim fails. A RUNNING process is killed with ``terminate=True``;
+        without, it is marked cancelled at once and stops at its next
+        ``set_process_step()`` or ``warning()``, and nothing it writes to its status
+        afterwards is kept. A parent in WAITING_FOR_RESULT is not joined.
+        """
+        from procstatus import dispatch  # publishing needs Celery; reading this module does not
+
+        collection = self._get_collection()
+        state = transitions.read_state(collection, self.pk)
+        if state is None:
+            raise self.DoesNotExist(f"{type(self).__name__}({self.pk}) does not exist")
+        if state.get("process_status") not in {s.value for s in PROCESSING}:
+            self._set_state(state)
+            return False
+        task_id = state.get("celery_task_id")
+        if not transitions.fail_run(collection, self.pk, task_id, "cancelled", PROCESSING):
+            self.reload_status()
+            return False
+        if state.get("process_status") != ProcessStatus.WAITING_FOR_RESULT.value and task_id:
+            dispatch.revoke(task_id, terminate=terminate)
+        self.reload_status()
+        return True
 
     # --- hooks a subclass may override -------------------------------------------------
 

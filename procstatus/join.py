@@ -15,31 +15,42 @@ from procstatus import runner, transitions
 from procstatus.dispatch import process_spec
 from procstatus.document import Proc
 from procstatus.status import PROCESSING, ProcessStatus
+from procstatus.transitions import WorkerRef
 
 logger = logging.getLogger("procstatus")
 
 
-def after_finish(proc: Proc, written: ProcessStatus | None, *, is_child: bool) -> None:
-    """Called after every run's final write: start the joins it makes possible."""
+def after_finish(
+    proc: Proc,
+    written: ProcessStatus | None,
+    *,
+    is_child: bool,
+    task_id: str | None,
+    worker: WorkerRef,
+) -> None:
+    """Called after every run's final write: start the joins it makes possible.
+
+    ``task_id`` and ``worker`` name the task this runs in; a join it wins runs there.
+    """
     if written is ProcessStatus.WAITING_FOR_RESULT:
-        try_join(proc)
+        try_join(proc, task_id, worker)
     if is_child:
         # Even when this write lost (a deleted or duplicate child), the parent may be
         # waiting on nothing else now; trying again is harmless.
-        _join_parent_of(proc)
+        _join_parent_of(proc, task_id, worker)
 
 
-def _join_parent_of(child: Proc) -> None:
+def _join_parent_of(child: Proc, task_id: str | None, worker: WorkerRef) -> None:
     try:
         parent = child.parent()
     except Exception:
         logger.exception("parent() of %s(%s) failed", type(child).__name__, child.pk)
         return
     if parent is not None:
-        try_join(parent)
+        try_join(parent, task_id, worker)
 
 
-def try_join(parent: Proc) -> None:
+def try_join(parent: Proc, task_id: str | None, worker: WorkerRef) -> None:
     """Join ``parent`` if it waits and none of its children is still processing."""
     while True:
         try:
@@ -48,11 +59,11 @@ def try_join(parent: Proc) -> None:
             ).only("id").first()
         except Exception as exc:
             logger.exception("children() of %s(%s) failed", type(parent).__name__, parent.pk)
-            _fail_waiting(parent, exc)
+            _fail_waiting(parent, exc, task_id, worker)
             return
         if busy is not None:
             return
-        document = transitions.begin_join(parent._get_collection(), parent.pk)
+        document = transitions.begin_join(parent._get_collection(), parent.pk, task_id, worker)
         if document is None:
             return  # not waiting (yet), or another worker won the join
         parent = type(parent)._from_son(document)
@@ -60,7 +71,7 @@ def try_join(parent: Proc) -> None:
         if written is not ProcessStatus.WAITING_FOR_RESULT:
             spec = process_spec(type(parent), parent.current_process or "")
             if spec is not None and spec.is_child:
-                _join_parent_of(parent)
+                _join_parent_of(parent, task_id, worker)
             return
         # join() asked to wait again: its new children may all be done already.
 
@@ -76,7 +87,7 @@ def _run_join(parent: Proc) -> ProcessStatus | None:
     return runner.finish(parent, waiting)
 
 
-def _fail_waiting(parent: Proc, exc: Exception) -> None:
-    document = transitions.begin_join(parent._get_collection(), parent.pk)
+def _fail_waiting(parent: Proc, exc: Exception, task_id: str | None, worker: WorkerRef) -> None:
+    document = transitions.begin_join(parent._get_collection(), parent.pk, task_id, worker)
     if document is not None:
         runner.fail(type(parent)._from_son(document), exc, context="children()")

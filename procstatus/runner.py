@@ -8,10 +8,11 @@ Celery here, so a run can be driven and tested without a broker.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from procstatus import transitions
+from procstatus import liveness, transitions
 from procstatus.dispatch import ProcessCall
 from procstatus.document import Proc
 from procstatus.errors import ProcessFailure
@@ -32,21 +33,66 @@ class Run:
         return self.call.describe()
 
 
-def claim(call: ProcessCall, task_id: str, hostname: str | None) -> Run | None:
-    """PENDING → RUNNING; ``None`` (and a log line saying why) when the claim is lost."""
+class ClaimUndecided(Exception):
+    """A redelivered task's first run may still be alive; ask again after ``countdown`` s."""
+
+    def __init__(self, reason: str, countdown: float):
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def claim(call: ProcessCall, task_id: str, worker: transitions.WorkerRef) -> Run | None:
+    """PENDING → RUNNING; ``None`` (and a log line saying why) when the claim is lost.
+
+    A redelivery of a task that is RUNNING takes over only when the first run is known
+    to be lost (its pool process died, or its worker stopped beating); while that is
+    unclear :class:`ClaimUndecided` asks Celery to deliver it again later.
+    """
     collection = call.cls._get_collection()
-    document = transitions.start(collection, call.pk, task_id, hostname)
+    document = transitions.start(collection, call.pk, task_id, worker)
     if document is None:
         state = transitions.read_state(collection, call.pk)
         if state is None:
             reason = "the document no longer exists"
         elif state.get("celery_task_id") != task_id:
             reason = f"it is {state.get('process_status')} for another task"
+        elif state.get("process_status") == ProcessStatus.RUNNING.value:
+            document = _reclaim_if_lost(call, task_id, state, worker)
+            reason = "its first delivery is still running (duplicate delivery)"
         else:
-            reason = f"it is already {state.get('process_status')} (duplicate delivery?)"
-        logger.warning("not running %s (task %s): %s", call.describe(), task_id, reason)
-        return None
+            reason = f"it is already {state.get('process_status')} (duplicate delivery)"
+        if document is None:
+            logger.warning("not running %s (task %s): %s", call.describe(), task_id, reason)
+            return None
     return Run(call, call.cls._from_son(document), task_id)
+
+
+def _reclaim_if_lost(
+    call: ProcessCall, task_id: str, state: dict, worker: transitions.WorkerRef
+) -> dict | None:
+    if state.get("worker_instance") == worker.instance and worker.instance is not None:
+        # Same worker: the pool process that ran it either is this one (so that run is
+        # over) or is alive or not, which this machine can tell directly.
+        lost_pid = state.get("worker_pid")
+        if lost_pid != os.getpid() and liveness.pid_alive(lost_pid):
+            return None
+        reason = f"its worker process {lost_pid} was lost"
+    else:
+        verdict = liveness.judge_remote_run(state)
+        if verdict is None:
+            return None
+        if verdict == liveness.UNDECIDED:
+            raise ClaimUndecided(
+                f"{call.describe()} may still run on {state.get('worker_hostname')}",
+                countdown=liveness.settings.interval,
+            )
+        reason = verdict
+    document = transitions.reclaim(
+        call.cls._get_collection(), call.pk, task_id, state, worker, reason
+    )
+    if document is not None:
+        logger.warning("%s: running again (task %s) because %s", call.describe(), task_id, reason)
+    return document
 
 
 def execute(run: Run) -> ProcessStatus | None:
@@ -83,9 +129,18 @@ def finish(proc: Proc, outcome: ProcessStatus | None) -> ProcessStatus | None:
     return _write(proc, status, message)
 
 
-def fail(proc: Proc, exc: BaseException, *, context: str | None = None) -> ProcessStatus | None:
-    """Write FAILURE for ``exc`` raised by the process (or by ``context``)."""
-    errors = failure_messages(exc)
+def fail(
+    proc: Proc,
+    exc: BaseException,
+    *,
+    context: str | None = None,
+    errors: list[str] | None = None,
+) -> ProcessStatus | None:
+    """Write FAILURE for ``exc`` raised by the process (or by ``context``).
+
+    ``errors`` overrides the messages derived from ``exc``.
+    """
+    errors = list(errors) if errors else failure_messages(exc)
     if context:
         errors = [f"{context} failed: {e}" for e in errors]
     if isinstance(exc, ProcessFailure):
@@ -101,6 +156,23 @@ def fail(proc: Proc, exc: BaseException, *, context: str | None = None) -> Proce
         errors.append(f"on_fail hook failed: {type(hook_exc).__name__}: {hook_exc}")
     message = f"Process {proc.current_process} failed: {errors[-1]}"
     return _write(proc, ProcessStatus.FAILURE, message, errors)
+
+
+def retry_later(run: Run, exc: BaseException, attempt: int, countdown: float) -> bool:
+    """RUNNING → PENDING before Celery retries ``run``; the failed attempt goes to warnings."""
+    spec = run.call.spec
+    error = failure_messages(exc)[-1]
+    won = transitions.back_to_pending(
+        run.proc._get_collection(), run.proc.pk, run.task_id,
+        message=f"Process {spec.name}: retry {attempt}/{spec.max_retries} in {countdown:g} s",
+        warning=f"attempt {attempt} of {spec.max_retries + 1} failed: {error}",
+    )
+    if won:
+        logger.warning(
+            "%s: attempt %d failed (%s); retry %d/%d in %g s",
+            run.describe(), attempt, error, attempt, spec.max_retries, countdown,
+        )
+    return won
 
 
 def failure_messages(exc: BaseException) -> list[str]:

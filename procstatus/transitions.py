@@ -11,6 +11,7 @@ This module knows collections and primary keys, not Documents, and imports no Ce
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,7 +31,11 @@ STATE_FIELDS: tuple[str, ...] = (
     "complete_time",
     "status_changed_at",
     "worker_hostname",
+    "worker_instance",
+    "worker_pid",
     "celery_task_id",
+    "process_arguments",
+    "joining",
 )
 """Fields written only through this module."""
 
@@ -43,7 +48,11 @@ def now() -> datetime:
 
 
 def schedule(
-    collection: Collection, pk: Any, process: str, task_id: str
+    collection: Collection,
+    pk: Any,
+    process: str,
+    task_id: str,
+    arguments: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """READY/SUCCESS/FAILURE → PENDING for ``process`` under ``task_id``.
 
@@ -64,7 +73,12 @@ def schedule(
                 "complete_time": None,
                 "status_changed_at": now(),
                 "worker_hostname": None,
+                "worker_instance": None,
+                "worker_pid": None,
                 "celery_task_id": task_id,
+                # Kept so a sweeper can send the call again after its worker was lost.
+                "process_arguments": dict(arguments or {"args": [], "kwargs": {}}),
+                "joining": False,
             }
         },
         projection=_PROJECTION,
@@ -88,7 +102,7 @@ def unschedule(
     return result.modified_count == 1
 
 
-def start(collection: Collection, pk: Any, task_id: str, hostname: str | None) -> dict | None:
+def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> dict | None:
     """PENDING → RUNNING for exactly this task; returns the whole document after the write.
 
     ``None`` means the claim was lost: the document is gone, was cancelled, already ran
@@ -102,11 +116,75 @@ def start(collection: Collection, pk: Any, task_id: str, hostname: str | None) -
                 "process_status": ProcessStatus.RUNNING.value,
                 "start_time": moment,
                 "status_changed_at": moment,
-                "worker_hostname": hostname,
+                **worker.fields(),
             }
         },
         return_document=ReturnDocument.AFTER,
     )
+
+
+def reclaim(
+    collection: Collection,
+    pk: Any,
+    task_id: str,
+    lost: Mapping[str, Any],
+    worker: WorkerRef,
+    reason: str,
+) -> dict | None:
+    """RUNNING → RUNNING on a new worker, for a redelivered task whose first run was lost.
+
+    Conditional on the lost run's task id, worker instance and pid, so of several
+    redeliveries exactly one takes over. Returns the document after the write.
+    """
+    moment = now()
+    return collection.find_one_and_update(
+        {
+            "_id": pk,
+            "process_status": ProcessStatus.RUNNING.value,
+            "celery_task_id": task_id,
+            "worker_instance": lost.get("worker_instance"),
+            "worker_pid": lost.get("worker_pid"),
+        },
+        {
+            "$set": {
+                "start_time": moment,
+                "status_changed_at": moment,
+                "last_status_message": f"Process restarted: {reason}",
+                **worker.fields(),
+            },
+            "$push": {"warnings": f"restarted after {reason}"},
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def back_to_pending(
+    collection: Collection,
+    pk: Any,
+    task_id: str,
+    *,
+    message: str,
+    warning: str,
+    new_task_id: str | None = None,
+) -> bool:
+    """RUNNING → PENDING for a run that will be tried again (a retry, a lost worker).
+
+    With ``new_task_id`` the next attempt is a new message (the sweeper re-dispatching);
+    without, Celery redelivers the same task id (a retry). ``warning`` keeps the history.
+    """
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+        {
+            "$set": {
+                "process_status": ProcessStatus.PENDING.value,
+                "last_status_message": message,
+                "status_changed_at": now(),
+                "celery_task_id": new_task_id or task_id,
+            },
+            "$push": {"warnings": warning},
+        },
+    )
+    return result.modified_count == 1
 
 
 def complete(
@@ -139,19 +217,25 @@ def complete(
     return result.modified_count == 1
 
 
-def fail_unclaimed(collection: Collection, pk: Any, task_id: str, error: str) -> bool:
-    """PENDING/RUNNING → FAILURE for a task that ended without its own completion write.
+def fail_run(
+    collection: Collection,
+    pk: Any,
+    task_id: str | None,
+    error: str,
+    statuses: frozenset[ProcessStatus] = frozenset(
+        {ProcessStatus.PENDING, ProcessStatus.RUNNING}
+    ),
+) -> bool:
+    """PENDING/RUNNING (or ``statuses``) → FAILURE for the run of ``task_id``, from outside it.
 
-    Used where the process's own hooks could not run: the task never started, or the
-    worker lost it.
+    Used where the process's own hooks could not run: the task never started, its
+    worker was lost, it was cancelled.
     """
     moment = now()
     result = collection.update_one(
         {
             "_id": pk,
-            "process_status": {
-                "$in": [ProcessStatus.PENDING.value, ProcessStatus.RUNNING.value]
-            },
+            "process_status": {"$in": values(statuses)},
             "celery_task_id": task_id,
         },
         {
@@ -167,8 +251,14 @@ def fail_unclaimed(collection: Collection, pk: Any, task_id: str, error: str) ->
     return result.modified_count == 1
 
 
-def begin_join(collection: Collection, pk: Any) -> dict | None:
-    """WAITING_FOR_RESULT → RUNNING, won by exactly one caller; returns the document after."""
+def begin_join(
+    collection: Collection, pk: Any, task_id: str | None, worker: WorkerRef
+) -> dict | None:
+    """WAITING_FOR_RESULT → RUNNING, won by exactly one caller; returns the document after.
+
+    The join runs inside the task that won it (a child's), so ``celery_task_id`` and the
+    worker fields name that task: the liveness checks then see who runs the join.
+    """
     moment = now()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": ProcessStatus.WAITING_FOR_RESULT.value},
@@ -177,10 +267,29 @@ def begin_join(collection: Collection, pk: Any) -> dict | None:
                 "process_status": ProcessStatus.RUNNING.value,
                 "last_status_message": "Joining results",
                 "status_changed_at": moment,
+                "celery_task_id": task_id,
+                "joining": True,
+                **worker.fields(),
             }
         },
         return_document=ReturnDocument.AFTER,
     )
+
+
+@dataclass(frozen=True)
+class WorkerRef:
+    """The worker fields a claim records: node name, worker-start instance, pool pid."""
+
+    hostname: str | None = None
+    instance: str | None = None
+    pid: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "worker_hostname": self.hostname,
+            "worker_instance": self.instance,
+            "worker_pid": self.pid,
+        }
 
 
 def set_step(collection: Collection, pk: Any, task_id: str | None, step: str | None) -> bool:

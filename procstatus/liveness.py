@@ -1,0 +1,220 @@
+"""Worker liveness: one heartbeat document per worker, and the judgement "is this run lost?".
+
+Each worker's main process writes ``{_id: instance, hostname, heartbeat_at, active}`` to
+the ``procstatus_workers`` collection every ``interval`` seconds — one write per worker,
+whatever the number of processes it runs. ``instance`` is new for every start of a
+worker, so a restarted worker with the same hostname never vouches for the runs its
+killed predecessor left RUNNING. ``active`` lists the procstatus task ids the worker is
+executing, which tells a redelivered message whether its first delivery still runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from mongoengine import DEFAULT_CONNECTION_NAME
+from mongoengine.connection import get_db
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+logger = logging.getLogger("procstatus")
+
+WORKERS_COLLECTION = "procstatus_workers"
+DEFAULT_INTERVAL = 10.0
+UNDECIDED = "undecided"
+
+
+@dataclass
+class LivenessSettings:
+    """Set by :func:`procstatus.install`; read by workers, sweepers and redeliveries."""
+
+    interval: float = DEFAULT_INTERVAL
+    """Seconds between two heartbeats of a worker."""
+    threshold: float = 3 * DEFAULT_INTERVAL
+    """A worker whose last heartbeat is older than this is gone."""
+    alias: str = DEFAULT_CONNECTION_NAME
+    """The mongoengine connection whose database holds ``procstatus_workers``."""
+
+    def collection(self) -> Collection:
+        return workers_collection(get_db(self.alias))
+
+
+settings = LivenessSettings()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # pymongo returns naive UTC datetimes unless the client is tz_aware.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+class WorkerIdentity:
+    """Who runs a process: this worker start's instance id, its hostname, this pid."""
+
+    instance: str | None = None
+    hostname: str | None = None
+
+    @classmethod
+    def begin(cls, hostname: str | None) -> str:
+        """Called once in the worker's main process, before the pool forks."""
+        cls.instance = uuid.uuid4().hex
+        cls.hostname = hostname
+        return cls.instance
+
+    @staticmethod
+    def pid() -> int:
+        return os.getpid()
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    instance: str
+    hostname: str | None
+    heartbeat_at: datetime
+    active: frozenset[str]
+    stopped: bool = False
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> WorkerBeat:
+        return cls(
+            instance=document["_id"],
+            hostname=document.get("hostname"),
+            heartbeat_at=_aware(document["heartbeat_at"]) or _utcnow(),
+            active=frozenset(document.get("active") or ()),
+            stopped=bool(document.get("stopped")),
+        )
+
+
+def workers_collection(database: Database) -> Collection:
+    return database[WORKERS_COLLECTION]
+
+
+def beat(collection: Collection, active: Iterable[str], *, stopped: bool = False) -> None:
+    """Record that this worker instance is alive and what it runs (one write)."""
+    collection.update_one(
+        {"_id": WorkerIdentity.instance},
+        {
+            "$set": {
+                "hostname": WorkerIdentity.hostname,
+                "pid": os.getpid(),
+                "heartbeat_at": _utcnow(),
+                "active": sorted(active),
+                "stopped": stopped,
+            }
+        },
+        upsert=True,  # the worker's own heartbeat document, never a Proc
+    )
+
+
+def read_beats(collection: Collection) -> dict[str, WorkerBeat]:
+    return {d["_id"]: WorkerBeat.from_document(d) for d in collection.find()}
+
+
+class Heartbeat:
+    """A daemon thread in the worker's main process that calls :func:`beat` periodically."""
+
+    def __init__(
+        self, collection: Callable[[], Collection], active: Callable[[], Iterable[str]],
+        interval: float,
+    ) -> None:
+        self._collection = collection
+        self._active = active
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat_now(self, *, stopped: bool = False) -> None:
+        try:
+            beat(self._collection(), self._active(), stopped=stopped)
+        except Exception as exc:  # an outage must not kill the thread; the next beat retries
+            logger.warning("procstatus heartbeat failed: %s", exc)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="procstatus-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.beat_now(stopped=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat_now()
+
+
+def lost_reason(
+    state: Mapping[str, Any],
+    beats: Mapping[str, WorkerBeat],
+    *,
+    threshold: float,
+    now: datetime | None = None,
+    check_active: bool = False,
+) -> str | None:
+    """Why the RUNNING run described by ``state`` is lost, or ``None`` if it may be alive.
+
+    Lost means: its worker instance has no heartbeat, stopped, or has not beaten for
+    ``threshold`` seconds. With ``check_active``, also when its worker beat after the run
+    started and no longer lists the task (the pool process died, the worker lives on).
+    """
+    now = now or _utcnow()
+    instance = state.get("worker_instance")
+    hostname = state.get("worker_hostname") or "an unknown worker"
+    started = _aware(state.get("start_time")) or now
+    worker = beats.get(instance) if instance else None
+    if worker is None:
+        if now - started < timedelta(seconds=threshold):
+            return None  # give a worker that has not beaten yet its threshold
+        return f"worker lost: no heartbeat from {hostname}"
+    if worker.stopped:
+        return f"worker lost: {hostname} stopped while the process ran"
+    if now - worker.heartbeat_at > timedelta(seconds=threshold):
+        return (
+            f"worker lost: no heartbeat from {hostname} for "
+            f"{(now - worker.heartbeat_at).total_seconds():.0f} s"
+        )
+    if check_active and worker.heartbeat_at > started and state.get("celery_task_id") not in worker.active:
+        return f"worker lost: {hostname} no longer runs task {state.get('celery_task_id')}"
+    return None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def judge_remote_run(state: Mapping[str, Any]) -> str | None:
+    """For a redelivered task: a reason if its first run is lost, ``None`` if it is alive,
+    or :data:`UNDECIDED` when its worker has not beaten since the run started."""
+    beats = read_beats(settings.collection())
+    reason = lost_reason(state, beats, threshold=settings.threshold, check_active=True)
+    if reason is not None:
+        return reason
+    worker = beats.get(state.get("worker_instance") or "")
+    started = _aware(state.get("start_time"))
+    if worker is None or (started is not None and worker.heartbeat_at <= started):
+        return UNDECIDED
+    return None
