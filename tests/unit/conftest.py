@@ -1,0 +1,21 @@
+"""Fixtures of the unit tests: a raw collection, the mongoengine connection and a fake publisher."""
+
+from __future__ import annotations
+
+import pytest
+
+import procstatus.dispatch
+from tests.unit.fakes import FakePublisher
+
+
+@pytest.fixture
+def coll(mongo_client, fresh_db_name):
+    """A raw pymongo collection in a database used by this test only."""
+    return mongo_client[fresh_db_name]["x"]
+
+
+@pytest.fixture
+def publisher(monkeypatch):
+    fake = FakePublisher()
+    monkeypatch.setattr(procstatus.dispatch, "_publisher", fake)
+    return fake
