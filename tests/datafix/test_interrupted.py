@@ -1,0 +1,83 @@
+"""A run killed part-way (SIGKILL) and then rerun ends exactly where one clean run ends."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pymongo.database import Database
+
+from datafix.task_status_mapping import legacy_filter
+from devtools import services
+from tests.datafix.conftest import CliInvoker, collection_state
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+N_DOCS = 30_000
+STATUSES = ["CREATED", "PENDING", "SUCCESS", "FAILURE", "SUCCESS", "RUNNING", "BOGUS"]
+
+
+def _documents() -> list[dict[str, Any]]:
+    docs = []
+    for i in range(N_DOCS):
+        spelling = "tasks_status" if i % 3 else "task_status"
+        doc: dict[str, Any] = {
+            "_id": i,
+            spelling: STATUSES[i % len(STATUSES)],
+            "current_task": f"step-{i % 5}",
+            "current_process": "ingest",
+            "errors": ["e"] if i % 4 == 0 else [],
+            "n": i,
+        }
+        if i % 11 == 0:
+            doc = {"_id": i, "process_status": "SUCCESS", "n": i}  # already migrated
+        docs.append(doc)
+    return docs
+
+
+def test_killed_run_then_rerun_equals_one_clean_run(
+    db: Database, mongodb_uri: str, migrate: CliInvoker, tmp_path: Path
+) -> None:
+    docs = _documents()
+    db.killed.insert_many(docs)
+    db.clean.insert_many(docs)
+    legacy_at_start = db.killed.count_documents(legacy_filter())
+    invalid = sum(1 for d in docs if d.get("tasks_status", d.get("task_status")) == "BOGUS")
+
+    log = (tmp_path / "killed.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datafix.migrate_task_status", "--mongodb-uri", mongodb_uri,
+         "--db", db.name, "--collection", "killed", "--batch-size", "50", "--fail-in-flight"],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        # Kill once a real share of the work is done, but (asserted below) not all of it.
+        services.wait_for(
+            lambda: proc.poll() is not None
+            or db.killed.count_documents(legacy_filter()) <= legacy_at_start - 2_000,
+            timeout=90, interval=0.05, what="partial progress of the migration",
+        )
+        assert proc.poll() is None, "the migration finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    legacy_after_kill = db.killed.count_documents(legacy_filter())
+    assert invalid < legacy_after_kill < legacy_at_start  # really part-way
+
+    rerun = migrate("killed", "--fail-in-flight", "--batch-size", "500")
+    clean = migrate("clean", "--fail-in-flight", "--batch-size", "500")
+
+    assert collection_state(db.killed) == collection_state(db.clean)
+    assert rerun.report is not None and clean.report is not None
+    rerun_stats = rerun.report["collections"]["killed"]
+    clean_stats = clean.report["collections"]["clean"]
+    # The rerun migrated exactly what the killed run had not.
+    assert rerun_stats["migrated_total"] == legacy_after_kill - invalid
+    assert rerun_stats["invalid"]["count"] == clean_stats["invalid"]["count"] == invalid
+    assert rerun.exit_code == clean.exit_code == 1  # the BOGUS documents
