@@ -84,6 +84,16 @@ class Service:
         if self._log is not None:
             self._log.close()
 
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the process and everything it started (a worker and its pool)."""
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.process.wait(20)
+        if self._log is not None:
+            self._log.close()
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

@@ -157,6 +157,7 @@ def check_arguments(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> 
     named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in named:
         try:
+            _require_str_keys(value)
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise TypeError(
@@ -170,6 +171,18 @@ def check_arguments(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> 
             f"arguments of {owner}() are {size} bytes as JSON, over the "
             f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on the document"
         )
+
+
+def _require_str_keys(value: Any) -> None:
+    # json.dumps would turn {1: "a"} into {"1": "a"}: the method would get other data.
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"dict key {key!r} is not a string")
+            _require_str_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _require_str_keys(item)
 
 
 def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
@@ -261,6 +274,8 @@ def resolve(args: Sequence[Any], kwargs: dict[str, Any]) -> ProcessCall:
     class_name, raw_pk, method, call_args, call_kwargs = args
     if not isinstance(class_name, str) or not isinstance(method, str):
         raise MessageRejected("class and method names must be strings")
+    if raw_pk is None:
+        raise MessageRejected(f"missing document id for {class_name}")
     try:
         cls = get_document(class_name)
     except NotRegistered:
@@ -286,6 +301,4 @@ def resolve(args: Sequence[Any], kwargs: dict[str, Any]) -> ProcessCall:
         id_field.validate(pk)
     except Exception as exc:
         raise MessageRejected(f"invalid document id {raw_pk!r} for {class_name}: {exc}") from None
-    if pk is None:
-        raise MessageRejected(f"missing document id for {class_name}")
     return ProcessCall(cls, pk, spec, call_args, call_kwargs)

@@ -23,6 +23,7 @@ from mongoengine import (
     ListField,
     StringField,
 )
+from mongoengine.errors import SaveConditionError
 from mongoengine.queryset import QuerySet
 
 from procstatus import transitions
@@ -92,16 +93,32 @@ class Proc(Document):
         return proc
 
     def save(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if not self._created:
-            changed = {name.split(".", 1)[0] for name in self._get_changed_fields()}
-            owned = sorted(changed & _STATE_FIELD_SET)
-            if owned:
-                raise StatusFieldWrite(
-                    f"save() would overwrite {', '.join(owned)} of {type(self).__name__}"
-                    f"({self.pk}); these fields are written only by procstatus's state "
-                    "machine. Reload the document (reload()) or leave them unchanged."
-                )
-        return super().save(*args, **kwargs)
+        """Save your own fields; never the status fields, never by upsert.
+
+        A new document is inserted (an existing ``_id`` raises ``NotUniqueError`` rather
+        than replacing a document and its status). A loaded document is updated field by
+        field; if it was deleted meanwhile, ``DoesNotExist`` is raised instead of
+        recreating it without a status.
+        """
+        if self._created:
+            kwargs.setdefault("force_insert", True)
+            return super().save(*args, **kwargs)
+        changed = {name.split(".", 1)[0] for name in self._get_changed_fields()}
+        owned = sorted(changed & _STATE_FIELD_SET)
+        if owned:
+            raise StatusFieldWrite(
+                f"save() would overwrite {', '.join(owned)} of {type(self).__name__}"
+                f"({self.pk}); these fields are written only by procstatus's state "
+                "machine. Reload the document (reload()) or leave them unchanged."
+            )
+        if kwargs.get("save_condition") is not None:
+            return super().save(*args, **kwargs)
+        try:
+            return super().save(*args, save_condition={}, **kwargs)
+        except SaveConditionError:
+            raise self.DoesNotExist(
+                f"{type(self).__name__}({self.pk}) was deleted; save() does not recreate it"
+            ) from None
 
     # --- reading ---------------------------------------------------------------------
 

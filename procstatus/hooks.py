@@ -50,7 +50,7 @@ START_RETRY_LIMIT = 10
 
 def redact(uri: str | None) -> str:
     """``uri`` with any password replaced by ``***``, safe to log."""
-    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", uri or "")
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", uri or "")
 
 
 def worker_ref(hostname: str | None = None) -> WorkerRef:
@@ -190,10 +190,11 @@ class ProcessHooks:
 def describe_failure(exc: BaseException, call: ProcessCall) -> list[str]:
     """The error messages recorded for ``exc``, naming limits and lost workers."""
     if isinstance(exc, SoftTimeLimitExceeded):
-        return [f"SoftTimeLimitExceeded: soft time limit ({call.spec.soft_time_limit}s) exceeded"]
+        limit = call.spec.soft_time_limit
+        return [f"SoftTimeLimitExceeded: soft time limit ({limit:g}s) exceeded"]
     if isinstance(exc, TimeLimitExceeded):
         limit = exc.args[0] if exc.args else call.spec.time_limit
-        return [f"TimeLimitExceeded: hard time limit ({limit}s) exceeded; the process was killed"]
+        return [f"TimeLimitExceeded: hard time limit ({limit:g}s) exceeded; the process was killed"]
     if isinstance(exc, WorkerLostError):
         return [f"WorkerLostError: worker lost: {exc}"]
     return runner.failure_messages(exc)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mongoengine.base import _document_registry
+from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
 
 from procstatus import dispatch, join, liveness, transitions
 from procstatus.document import Proc
@@ -68,7 +69,12 @@ def sweep(
     now = datetime.now(timezone.utc)
     report = SweepReport()
     for cls in classes if classes is not None else proc_classes():
-        collection = cls._get_collection()
+        try:
+            collection = cls._get_collection()
+        except MongoEngineConnectionFailure as exc:
+            # A class whose connection this process never opened: not ours to sweep.
+            logger.debug("procstatus sweep skips %s: %s", cls.__name__, exc)
+            continue
         running = collection.find({"process_status": ProcessStatus.RUNNING.value}, _RUN_FIELDS)
         for state in running:
             report.checked += 1

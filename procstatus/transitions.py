@@ -39,7 +39,8 @@ STATE_FIELDS: tuple[str, ...] = (
 )
 """Fields written only through this module."""
 
-_SCHEDULABLE = values(SCHEDULABLE)
+# None also matches a missing field: a document saved before its class became a Proc.
+_SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
 _PROJECTION = {name: 1 for name in STATE_FIELDS}
 
 
@@ -197,6 +198,7 @@ def complete(
     errors: Sequence[str] = (),
 ) -> bool:
     """RUNNING → SUCCESS, FAILURE or WAITING_FOR_RESULT for the run owned by ``task_id``."""
+    status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
     moment = now()

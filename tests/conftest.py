@@ -126,3 +126,25 @@ def redis_client(broker_url: str):  # type: ignore[no-untyped-def]
     import redis
 
     return redis.Redis.from_url(broker_url)
+
+
+@pytest.fixture
+def start_worker(worker_env: dict, service_log_dir: Path):  # type: ignore[no-untyped-def]
+    """Factory for extra workers a test may kill; all are stopped after the test."""
+    started: list[services.Service] = []
+
+    def start(name: str, queues: str, concurrency: int = 2, **env: str) -> services.Service:
+        service = services.start_worker(
+            "tests.support.worker_app",
+            service_log_dir,
+            hostname=f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            env={**worker_env, "PROCSTATUS_TEST_COMMAND_LOG": "", **env},
+            concurrency=concurrency,
+            queues=queues,
+        )
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.kill_group()

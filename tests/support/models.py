@@ -151,3 +151,81 @@ class Item(Proc):
 
     def parent(self) -> Batch:
         return Batch.objects.get(pk=self.batch)
+
+
+# --- fault injection ---------------------------------------------------------------
+
+FAULT_QUEUE = os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests") + "-faults"
+SPARE_QUEUE = os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests") + "-spare"
+IDLE_QUEUE = os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests") + "-idle"
+
+
+class FlakyError(Exception):
+    """Raised by processes that succeed only after some attempts."""
+
+
+def _hold(proc: Proc, label: str) -> None:
+    """Record one run, then block until the test opens the gate (or 120 s pass)."""
+    client = redis_client()
+    client.rpush(runs_key(proc.pk), f"{label}:{os.getpid()}")
+    if client.blpop([gate_key(proc.pk)], timeout=120) is None:
+        raise TimeoutError("gate never opened")
+
+
+class FaultJob(Proc):
+    """Processes that a fault test kills, times out, cancels or retries."""
+
+    meta = {"collection": "fault_jobs"}
+
+    name = StringField()
+
+    @process(queue=FAULT_QUEUE)
+    def hang(self) -> None:
+        _hold(self, "hang")
+
+    @process(queue=SPARE_QUEUE)
+    def hang_on_spare(self) -> None:
+        _hold(self, "spare")
+
+    @process(queue=FAULT_QUEUE, retry_on_worker_lost=True)
+    def hang_idempotent(self) -> None:
+        _hold(self, "idempotent")
+
+    @process(queue=FAULT_QUEUE)
+    def hang_first_time(self) -> None:
+        """Blocks on its first run only; a second run (after a redelivery) returns."""
+        client = redis_client()
+        if client.rpush(runs_key(self.pk), f"first-time:{os.getpid()}") == 1:
+            client.blpop([gate_key(self.pk)], timeout=120)
+
+    @process(queue=FAULT_QUEUE, soft_time_limit=1)
+    def overrun_soft(self) -> None:
+        time.sleep(30)
+
+    @process(queue=FAULT_QUEUE, time_limit=1)
+    def overrun_hard(self) -> None:
+        time.sleep(30)
+
+    @process(queue=IDLE_QUEUE)
+    def queued_nowhere(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"queued:{os.getpid()}")
+
+    @process(queue=FAULT_QUEUE, autoretry_for=(FlakyError,), max_retries=2, retry_backoff=0.2)
+    def always_flaky(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"flaky:{os.getpid()}")
+        raise FlakyError("still flaky")
+
+    @process(queue=FAULT_QUEUE, autoretry_for=(FlakyError,), max_retries=3, retry_backoff=1)
+    def flaky_twice(self) -> None:
+        if redis_client().rpush(runs_key(self.pk), f"flaky:{os.getpid()}") <= 2:
+            raise FlakyError("not yet")
+
+
+class OutageJob(Proc):
+    """Lives on the second MongoDB server that the outage test stops and restarts."""
+
+    meta = {"collection": "outage_jobs", "db_alias": "outage"}
+
+    @process(queue=IDLE_QUEUE + "-outage")
+    def noop(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"outage:{os.getpid()}")

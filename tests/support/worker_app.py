@@ -1,10 +1,16 @@
-"""The Celery app the test workers run (``celery -A tests.support.worker_app worker``)."""
+"""The Celery app the test workers run (``celery -A tests.support.worker_app worker``).
+
+Environment knobs let one module serve every worker the tests start: the queue, the
+heartbeat timing, acks_late + reject_on_worker_lost, and a second MongoDB server for
+the outage test (mongoengine alias ``outage``).
+"""
 
 from __future__ import annotations
 
 import os
 
-from celery import Celery
+import mongoengine
+from celery import Celery, signals
 
 import procstatus
 from tests.support import command_log
@@ -14,13 +20,30 @@ command_log.install_from_environment()
 app = Celery("procstatus_tests", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(
     task_default_queue=os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests"),
-    worker_hijack_root_logger=True,
     broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    # How long billiard waits for a lost pool process's result before WorkerLostError.
+    worker_lost_wait=float(os.environ.get("PROCSTATUS_TEST_LOST_WAIT", "1")),
 )
+if os.environ.get("PROCSTATUS_TEST_ACKS_LATE"):
+    app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
+
 procstatus.install(
     app,
     mongodb_uri=os.environ.get("MONGODB_URI"),
     mongodb_db=os.environ.get("PROCSTATUS_TEST_DB", "procstatus_tests"),
+    heartbeat_interval=float(os.environ.get("PROCSTATUS_TEST_HEARTBEAT", "1")),
 )
+
+
+@signals.worker_process_init.connect(weak=False)
+def connect_outage_alias(**_: object) -> None:
+    uri = os.environ.get("PROCSTATUS_TEST_OUTAGE_URI")
+    if uri:
+        mongoengine.disconnect("outage")
+        mongoengine.connect(
+            db="outage", host=uri, alias="outage", connect=False, serverSelectionTimeoutMS=1500
+        )
+
 
 import tests.support.models  # noqa: E402,F401  (the worker must know the Proc classes)

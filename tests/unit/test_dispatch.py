@@ -306,25 +306,12 @@ def test_message_rejected_is_a_value_error():
     assert process_spec(UnitPlainDocument, "noop") is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolve() turns a null document id into a brand-new random ObjectId: "
-    "ObjectIdField.to_python(None) calls ObjectId(None), so the 'missing document id' "
-    "check is dead code and a message without an id is accepted",
-)
 def test_resolve_rejects_a_null_document_id():
     with pytest.raises(MessageRejected, match="missing document id"):
         resolve(["UnitJob", None, "noop", [], {}], {})
 
 
 @pytest_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="a document stored without process_status (e.g. written before the class "
-    "became a Proc) reads as READY with process_running False, but schedule() only "
-    "matches an explicit READY/SUCCESS/FAILURE, so calling a process raises "
-    "ProcessAlreadyRunning('process None is None') although nothing runs",
-)
 def test_document_without_a_stored_status_can_be_called(publisher):
     pk = UnitJob._get_collection().insert_one({"name": "legacy"}).inserted_id
     job = UnitJob.objects.get(pk=pk)

@@ -328,12 +328,6 @@ def test_proc_itself_is_abstract():
 # --- known gaps in the save() guard (see the reasons) ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Proc.save() on a document deleted meanwhile upserts: mongoengine's "
-    "_save_update uses upsert=True when no save_condition is given, so a stale copy "
-    "recreates a partial document {_id, <changed domain fields>} with no process_status",
-)
 def test_save_of_domain_fields_on_a_deleted_document_does_not_recreate_it():
     job = UnitJob.create(name="n")
     UnitJob.objects(pk=job.pk).delete()
@@ -345,12 +339,6 @@ def test_save_of_domain_fields_on_a_deleted_document_does_not_recreate_it():
     assert UnitJob._get_collection().count_documents({"_id": job.pk}) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the StatusFieldWrite guard only checks documents that are not _created: "
-    "UnitJob(pk=<existing pk>, ...).save() takes mongoengine's find_one_and_replace "
-    "path and replaces a RUNNING document with a READY one (status and task id lost)",
-)
 def test_save_of_a_constructed_copy_with_an_existing_pk_keeps_the_status():
     job = UnitJob.create(name="n")
     task_id = make_running(job, task_id="t-live")

@@ -72,10 +72,12 @@ def test_schedule_while_processing_returns_none_and_changes_nothing(coll, status
     assert stored(coll, doc["_id"]) == doc
 
 
-def test_schedule_of_a_document_without_status_field_does_nothing(coll):
+def test_schedule_of_a_document_without_status_field_counts_as_ready(coll):
+    # Saved before its class became a Proc: it reads as READY, so it can be scheduled.
     pk = coll.insert_one({"name": "legacy"}).inserted_id
-    assert transitions.schedule(coll, pk, "crunch", "t") is None
-    assert stored(coll, pk) == {"_id": pk, "name": "legacy"}
+    assert transitions.schedule(coll, pk, "crunch", "t") == {"_id": pk}
+    after = stored(coll, pk)
+    assert (after["process_status"], after["name"]) == ("PENDING", "legacy")
 
 
 def test_second_schedule_loses(coll):

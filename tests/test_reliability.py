@@ -1,0 +1,287 @@
+"""Fault injection into real processes: no status is ever left stuck or wrong.
+
+Each test kills, times out, cancels, retries or duplicates something in real
+``celery worker`` processes (prefork) on real Redis and a real MongoDB-protocol server.
+Faults go to workers started for the test on their own queues, so the session's main
+worker is unaffected. Figures (runs, kills, stuck) are printed for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import mongoengine
+import pytest
+
+import procstatus
+from devtools import services
+from devtools.services import wait_for
+from procstatus import ProcessStatus
+from procstatus.liveness import pid_alive
+from tests.support.models import (
+    FAULT_QUEUE,
+    IDLE_QUEUE,
+    SPARE_QUEUE,
+    FaultJob,
+    Job,
+    OutageJob,
+    gate_key,
+    runs_key,
+)
+
+pytestmark = pytest.mark.integration
+
+HEARTBEAT = 1.0
+THRESHOLD = 3 * HEARTBEAT
+
+
+def fresh(pk) -> FaultJob:  # type: ignore[no-untyped-def]
+    return FaultJob.objects.get(pk=pk)
+
+
+def running_pid(job: FaultJob, timeout: float = 30) -> int:
+    doc = wait_for(
+        lambda: (d := fresh(job.pk)).process_status is ProcessStatus.RUNNING and d,
+        timeout=timeout, what=f"{job.name} RUNNING",
+    )
+    assert doc.worker_pid
+    return doc.worker_pid
+
+
+def runs(redis_client, pk) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r.decode() for r in redis_client.lrange(runs_key(pk), 0, -1)]
+
+
+def test_killing_the_pool_process_twenty_times_leaves_nothing_stuck(worker, start_worker):
+    start_worker("kills", FAULT_QUEUE)
+    jobs = []
+    for i in range(20):
+        job = FaultJob.create(name=f"kill {i}")
+        job.hang()
+        os.kill(running_pid(job), signal.SIGKILL)
+        assert job.block_until_complete(timeout=30) is ProcessStatus.FAILURE
+        jobs.append(job)
+    stuck = FaultJob.objects(pk__in=[j.pk for j in jobs]).processing().count()
+    errors = [fresh(j.pk).errors for j in jobs]
+    print(f"\nRELIABILITY pool-process kills: runs=20 kills=20 stuck={stuck}")
+    assert stuck == 0
+    assert all(len(e) == 1 and e[0].startswith("WorkerLostError: worker lost") for e in errors)
+
+
+def test_acks_late_redelivery_runs_the_process_again_once(worker, start_worker, redis_client):
+    start_worker("ackslate", FAULT_QUEUE, PROCSTATUS_TEST_ACKS_LATE="1")
+    job = FaultJob.create(name="redelivered")
+    job.hang_first_time()
+    first_pid = running_pid(job)
+    os.kill(first_pid, signal.SIGKILL)
+    assert job.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
+    done = fresh(job.pk)
+    assert len(runs(redis_client, job.pk)) == 2
+    assert done.errors == []
+    assert done.warnings == [f"restarted after its worker process {first_pid} was lost"]
+
+
+def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(
+    worker, start_worker, redis_client
+):
+    doomed_worker = start_worker("doomed", FAULT_QUEUE, concurrency=10)
+    start_worker("healthy", SPARE_QUEUE, concurrency=2)
+    doomed = [FaultJob.create(name=f"doomed {i}") for i in range(9)]
+    for job in doomed:
+        job.hang()
+    idempotent = FaultJob.create(name="idempotent")
+    idempotent.hang_idempotent()
+    doomed.append(idempotent)
+    healthy = [FaultJob.create(name=f"healthy {i}") for i in range(2)]
+    for job in healthy:
+        job.hang_on_spare()
+    for job in doomed + healthy:
+        running_pid(job)
+
+    assert procstatus.sweep(threshold=THRESHOLD).failed == []  # all alive: nothing touched
+    doomed_worker.kill_group()
+    killed_at = time.monotonic()
+
+    def all_resolved() -> bool:
+        procstatus.sweep(threshold=THRESHOLD)
+        return FaultJob.objects(pk__in=[j.pk for j in doomed]).processing(
+        ).filter(process_status=ProcessStatus.RUNNING).count() == 0
+
+    wait_for(all_resolved, timeout=4 * THRESHOLD, interval=0.2, what="the sweeper")
+    took = time.monotonic() - killed_at
+    failed = [fresh(j.pk) for j in doomed[:9]]
+    print(f"\nRELIABILITY whole-worker kill: running=10 resolved=10 in {took:.1f}s "
+          f"(threshold {THRESHOLD:.0f}s) healthy-touched=0")
+    assert took <= 2 * THRESHOLD
+    assert all(d.process_status is ProcessStatus.FAILURE for d in failed)
+    assert all(d.errors[0].startswith("worker lost: no heartbeat from doomed-") for d in failed)
+    # The idempotent one was sent again; a new worker on its queue finishes it.
+    assert fresh(idempotent.pk).process_status is ProcessStatus.PENDING
+    start_worker("replacement", FAULT_QUEUE)
+    running_pid(idempotent)
+    redis_client.rpush(gate_key(idempotent.pk), 1)
+    assert idempotent.block_until_complete(timeout=30) is ProcessStatus.SUCCESS
+    assert fresh(idempotent.pk).warnings[0].startswith("sent again after worker lost")
+    # Procs on the healthy worker were never touched and still finish normally.
+    for job in healthy:
+        assert fresh(job.pk).process_status is ProcessStatus.RUNNING
+        redis_client.rpush(gate_key(job.pk), 1)
+        assert job.block_until_complete(timeout=30) is ProcessStatus.SUCCESS
+
+
+def test_soft_and_hard_time_limits_end_in_failure_naming_the_limit(worker, start_worker):
+    start_worker("limits", FAULT_QUEUE)
+    soft = FaultJob.create(name="soft")
+    soft.overrun_soft()
+    hard = FaultJob.create(name="hard")
+    hard.overrun_hard()
+    assert soft.block_until_complete(timeout=30) is ProcessStatus.FAILURE
+    assert hard.block_until_complete(timeout=30) is ProcessStatus.FAILURE
+    assert fresh(soft.pk).errors == [
+        "SoftTimeLimitExceeded: soft time limit (1s) exceeded"
+    ]
+    assert fresh(hard.pk).errors == [
+        "TimeLimitExceeded: hard time limit (1s) exceeded; the process was killed"
+    ]
+
+
+def test_cancel_pending_never_runs_even_without_the_revoke(worker, start_worker, redis_client):
+    job = FaultJob.create(name="cancel pending")
+    job.queued_nowhere()  # its queue has no consumer yet
+    assert fresh(job.pk).process_status is ProcessStatus.PENDING
+    assert job.cancel() is True
+    done = fresh(job.pk)
+    assert done.process_status is ProcessStatus.FAILURE and done.errors == ["cancelled"]
+    # A worker started now never saw the revoke (no mingle); the claim alone stops it.
+    late = start_worker("late", IDLE_QUEUE)
+    wait_for(lambda: f"not running FaultJob({job.pk}).queued_nowhere" in late.log_text(),
+             timeout=30, what="the cancelled message to be refused")
+    assert runs(redis_client, job.pk) == []
+    assert fresh(job.pk).process_status is ProcessStatus.FAILURE
+    assert job.cancel() is False
+
+
+def test_cancel_running_with_terminate_kills_it(worker, start_worker):
+    start_worker("terminate", FAULT_QUEUE)
+    job = FaultJob.create(name="cancel running")
+    job.hang()
+    pid = running_pid(job)
+    assert job.cancel(terminate=True) is True
+    assert job.process_status is ProcessStatus.FAILURE
+    wait_for(lambda: not pid_alive(pid), timeout=30, what=f"pool process {pid} killed")
+    done = fresh(job.pk)
+    assert done.process_status is ProcessStatus.FAILURE and done.errors == ["cancelled"]
+
+
+def test_retries_up_to_the_limit_keep_the_history(worker, start_worker, redis_client):
+    start_worker("retries", FAULT_QUEUE)
+    job = FaultJob.create(name="always flaky")
+    job.always_flaky()
+    assert job.block_until_complete(timeout=30) is ProcessStatus.FAILURE
+    done = fresh(job.pk)
+    assert len(runs(redis_client, job.pk)) == 3
+    assert done.errors == ["FlakyError: still flaky"]
+    assert done.warnings == [
+        "attempt 1 of 3 failed: FlakyError: still flaky",
+        "attempt 2 of 3 failed: FlakyError: still flaky",
+    ]
+    assert FaultJob.objects.count() == FaultJob.objects(pk__ne=None).count()  # no new docs
+
+
+def test_retry_goes_back_to_pending_then_succeeds(worker, start_worker, redis_client):
+    start_worker("retries2", FAULT_QUEUE)
+    job = FaultJob.create(name="flaky twice")
+    job.flaky_twice()
+    wait_for(
+        lambda: (d := fresh(job.pk)).process_status is ProcessStatus.PENDING
+        and d.last_status_message == "Process flaky_twice: retry 1/3 in 1 s",
+        timeout=30, interval=0.02, what="PENDING for retry 1/3",
+    )
+    assert job.block_until_complete(timeout=30) is ProcessStatus.SUCCESS
+    done = fresh(job.pk)
+    assert len(runs(redis_client, job.pk)) == 3
+    assert done.errors == [] and len(done.warnings) == 2
+
+
+def test_the_same_message_delivered_twice_runs_once(
+    worker, start_worker, celery_app_under_test, redis_client
+):
+    dup_worker = start_worker("duplicates", FAULT_QUEUE)
+    job = FaultJob.create(name="duplicate")
+    job.hang()
+    running_pid(job)
+    message = ["FaultJob", str(job.pk), "hang", [], {}]
+    celery_app_under_test.send_task(
+        "procstatus.run", args=message, task_id=job.celery_task_id, queue=FAULT_QUEUE
+    )
+    wait_for(lambda: "still running (duplicate delivery)" in dup_worker.log_text(),
+             timeout=30, what="the duplicate to be refused")
+    redis_client.rpush(gate_key(job.pk), 1)
+    assert job.block_until_complete(timeout=30) is ProcessStatus.SUCCESS
+    celery_app_under_test.send_task(
+        "procstatus.run", args=message, task_id=job.celery_task_id, queue=FAULT_QUEUE
+    )
+    wait_for(lambda: "already SUCCESS (duplicate delivery)" in dup_worker.log_text(),
+             timeout=30, what="the late duplicate to be refused")
+    assert len(runs(redis_client, job.pk)) == 1
+    assert fresh(job.pk).process_status is ProcessStatus.SUCCESS
+
+
+def test_mongodb_down_when_the_task_starts_is_retried_until_it_is_back(
+    worker, start_worker, celery_app_under_test, service_log_dir, redis_client, tmp_path
+):
+    storage = tmp_path / "outage-db"
+    port = services.free_port()
+    server = services.start_secantus(service_log_dir, port=port, storage_path=str(storage))
+    mongoengine.connect(db="outage", host=server.url, alias="outage",
+                        serverSelectionTimeoutMS=1500)
+    try:
+        outage_worker = start_worker(
+            "outage", FAULT_QUEUE, PROCSTATUS_TEST_OUTAGE_URI=server.url
+        )
+        job = OutageJob.create()
+        job.noop()  # queued where nobody consumes yet
+        server.stop()
+        celery_app_under_test.control.add_consumer(
+            IDLE_QUEUE + "-outage",
+            destination=[outage_worker.url.replace("%h", os.uname().nodename)],
+        )
+        wait_for(lambda: "MongoDB unreachable" in outage_worker.log_text()
+                 or "cannot start OutageJob" in outage_worker.log_text(),
+                 timeout=60, what="the failed start")
+        assert runs(redis_client, job.pk) == []
+        server = services.start_secantus(service_log_dir, port=port, storage_path=str(storage))
+        assert job.block_until_complete(timeout=90) is ProcessStatus.SUCCESS
+        assert len(runs(redis_client, job.pk)) == 1
+    finally:
+        server.stop()
+        mongoengine.disconnect("outage")
+
+
+def test_oversize_forged_arguments_are_rejected(worker, celery_app_under_test, redis_client):
+    job = Job.create(name="oversize")
+    result = celery_app_under_test.send_task(
+        "procstatus.run", args=["Job", str(job.pk), "takes", ["x" * 70_000], {}]
+    )
+    wait_for(lambda: f"rejected task {result.id}" in worker.log_text(), timeout=30,
+             what="the rejection")
+    assert "over the 65536-byte limit" in worker.log_text()
+    assert runs(redis_client, job.pk) == []
+    assert Job.objects.get(pk=job.pk).process_status is ProcessStatus.READY
+
+
+def test_passwords_in_uris_are_redacted():
+    from procstatus.hooks import redact
+
+    assert redact("mongodb://app:s3cret@db1:27017,db2/x?replicaSet=r") == (
+        "mongodb://app:***@db1:27017,db2/x?replicaSet=r"
+    )
+    assert redact("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact("mongodb://127.0.0.1") == "mongodb://127.0.0.1"
+
+
+def _unused(path: Path) -> None:  # pragma: no cover - keeps imports honest for linters
+    del path
