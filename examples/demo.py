@@ -72,7 +72,10 @@ def run_demo() -> int:
             return 1
         time.sleep(0.05)
     print(f"\nfinal: {fresh.process_status}  {fresh.last_status_message!r}")
-    print(f"entries ok: {fresh.entries_ok}, failed: {fresh.entries_failed}, warnings: {fresh.warnings}")
+    print(
+        f"entries ok: {fresh.entries_ok}, failed: {fresh.entries_failed}, "
+        f"warnings: {fresh.warnings}"
+    )
     for entry in entries.failed():
         print(f"  entry {entry.number}: {entry.errors}")
     return 0 if fresh.process_status is ProcessStatus.SUCCESS else 1

@@ -1,4 +1,4 @@
-"""An upload with entries: the quickstart domain model, run by ``celery -A examples.upload_app worker``.
+"""An upload with entries: the quickstart domain model (``celery -A examples.upload_app worker``).
 
 An ``Upload`` is a file a user sent; processing it extracts ``Entry`` documents and
 processes each entry on the workers. The upload waits (WAITING_FOR_RESULT) until every

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mongoengine import (
@@ -37,7 +37,7 @@ P = TypeVar("P", bound="Proc")
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ProcQuerySet(QuerySet):
@@ -236,15 +236,17 @@ class Proc(Document):
         """Mirror state-machine writes into this object without marking fields changed."""
         for name, value in state.items():
             if name in _STATE_FIELD_SET:
-                self._data[name] = self._fields[name].to_python(value) if value is not None else value
+                field = self._fields[name]
+                self._data[name] = field.to_python(value) if value is not None else None
 
     def _raise_not_running(self, operation: str) -> None:
         state = transitions.read_state(self._get_collection(), self.pk) or {}
+        other_task = state.get("celery_task_id") not in (None, self.celery_task_id)
         raise NotRunning(
             f"{operation}() is only allowed inside this object's running process; "
             f"{type(self).__name__}({self.pk}) is "
             f"{state.get('process_status', 'deleted')}"
-            f"{' for another task' if state.get('celery_task_id') not in (None, self.celery_task_id) else ''}."
+            f"{' for another task' if other_task else ''}."
         )
 
 

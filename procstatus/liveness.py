@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mongoengine import DEFAULT_CONNECTION_NAME
@@ -50,13 +50,13 @@ settings = LivenessSettings()
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
     # pymongo returns naive UTC datetimes unless the client is tz_aware.
     if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
+        return moment.replace(tzinfo=UTC)
     return moment
 
 
@@ -188,7 +188,8 @@ def lost_reason(
             f"worker lost: no heartbeat from {hostname} for "
             f"{(now - worker.heartbeat_at).total_seconds():.0f} s"
         )
-    if check_active and worker.heartbeat_at > started and state.get("celery_task_id") not in worker.active:
+    task_id = state.get("celery_task_id")
+    if check_active and worker.heartbeat_at > started and task_id not in worker.active:
         return f"worker lost: {hostname} no longer runs task {state.get('celery_task_id')}"
     return None
 

@@ -24,7 +24,6 @@ from tests.support.models import (
     Item,
     Job,
     gate_key,
-    redis_client as models_redis,
     runs_key,
 )
 
@@ -89,11 +88,7 @@ def test_exception_ends_in_failure_with_error_text(worker):
     assert fresh.errors == ["ValueError: the input was bad"]
     assert fresh.complete_time is not None
     assert fresh.last_status_message == "Process fail_with failed: ValueError: the input was bad"
-    assert "Traceback" in services_log(worker)
-
-
-def services_log(worker) -> str:  # type: ignore[no-untyped-def]
-    return worker.log_text()
+    assert "Traceback" in worker.log_text()
 
 
 def test_process_failure_sets_chosen_messages(worker):
@@ -221,7 +216,9 @@ def test_broker_down_at_dispatch_restores_the_previous_state(
     # Celery reads CELERY_BROKER_URL from the environment before any configured broker_url.
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     app = Celery("broker-down", broker=private.url)
-    app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1}
+    app.conf.task_publish_retry_policy = {
+        "max_retries": 1, "interval_start": 0, "interval_step": 0.1,
+    }
     procstatus.install(app)
     try:
         job = Job.create(name="no-broker")

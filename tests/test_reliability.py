@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import mongoengine
 import pytest
@@ -281,7 +280,3 @@ def test_passwords_in_uris_are_redacted():
     )
     assert redact("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redact("mongodb://127.0.0.1") == "mongodb://127.0.0.1"
-
-
-def _unused(path: Path) -> None:  # pragma: no cover - keeps imports honest for linters
-    del path

@@ -9,8 +9,8 @@ import pytest
 from bson import ObjectId
 
 from procstatus import ProcessStatus, transitions
-from tests.unit import compat
 from procstatus.transitions import STATE_FIELDS
+from tests.unit import compat
 
 S = ProcessStatus
 OLD_TIME = datetime(2020, 1, 2, 3, 4, 5, 678000)
@@ -323,7 +323,7 @@ def test_begin_join_is_won_by_exactly_one_of_many_threads(coll):
         results = [None] * threads_count
         errors = []
 
-        def contend(i, pk=doc["_id"], barrier=barrier, results=results):
+        def contend(i, pk=doc["_id"], barrier=barrier, results=results, errors=errors):
             try:
                 barrier.wait(timeout=10)
                 results[i] = compat.begin_join(coll, pk)
