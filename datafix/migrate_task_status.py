@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import pymongo
 import typer
 from bson import json_util
+from pymongo.database import Database
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 from rich.console import Console
 from rich.progress import (
@@ -101,7 +102,7 @@ def _redact(uri: str) -> str:
     return uri
 
 
-def _check_collections(db: pymongo.database.Database, names: list[str]) -> None:
+def _check_collections(db: Database, names: list[str]) -> None:
     existing = set(db.list_collection_names())
     missing = [n for n in names if n not in existing]
     if missing:
@@ -348,6 +349,13 @@ def main(
     except UsageProblem as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: every document is either fully migrated or untouched; "
+            "rerun the same command to finish.",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     raise typer.Exit(code)
 
 
