@@ -16,6 +16,7 @@ does not grow with the collection. Not a test: pytest never collects this file.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -31,12 +32,20 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import pymongo  # noqa: E402
 from pymongo.collection import Collection  # noqa: E402
+from pymongo.database import Database  # noqa: E402
 
 from datafix.task_status_runner import DEFAULT_MAX_REPORT_IDS, migrate_collection  # noqa: E402
 from devtools import services  # noqa: E402
 
 # Realistic shares: mostly finished work, some queued, a few in flight and a few broken.
-STATUS_MIX = ["SUCCESS"] * 50 + ["FAILURE"] * 15 + ["CREATED"] * 15 + ["PENDING"] * 15 + ["RUNNING"] * 4 + ["???"]
+STATUS_MIX = (
+    ["SUCCESS"] * 50
+    + ["FAILURE"] * 15
+    + ["CREATED"] * 15
+    + ["PENDING"] * 15
+    + ["RUNNING"] * 4
+    + ["???"]
+)
 SEED_CHUNK = 5_000
 
 
@@ -69,9 +78,20 @@ def seed(coll: Collection, n: int) -> None:
 
 
 BARE_PIPELINE = [
-    {"$set": {"process_status": "SUCCESS", "current_process_step": {"$ifNull": ["$current_task", None]}}},
+    {
+        "$set": {
+            "process_status": "SUCCESS",
+            "current_process_step": {"$ifNull": ["$current_task", None]},
+        }
+    },
     {"$unset": ["tasks_status", "task_status", "current_task", "tasks"]},
 ]
+
+
+BARE_CLASSIC_UPDATE = {
+    "$set": {"process_status": "SUCCESS"},
+    "$unset": {"tasks_status": "", "current_task": "", "tasks": ""},
+}
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -91,55 +111,52 @@ def batched_floor(coll: Collection, batch_size: int) -> None:
         coll.update_many({"_id": {"$in": ids}}, BARE_PIPELINE)
 
 
-def bench(db: pymongo.database.Database, n: int, batch_sizes: list[int], fail_in_flight: bool) -> None:
+def bench(db: Database, n: int, batch_sizes: list[int], fail_in_flight: bool) -> None:
     print(f"documents: {n}")
     seed(db.bare, n)
     bare_s, res = timed(lambda: db.bare.update_many({}, BARE_PIPELINE))
-    print(f"limit: one bare update_many (pipeline)        {bare_s:7.2f} s  ({res.modified_count} written)")
-    seed(db.bare, n)
-    classic_s, _ = timed(
-        lambda: db.bare.update_many(
-            {},
-            {"$set": {"process_status": "SUCCESS"}, "$unset": {"tasks_status": "", "current_task": "", "tasks": ""}},
-        )
+    print(
+        f"limit: one bare update_many (pipeline)   {bare_s:7.2f} s  ({res.modified_count} written)"
     )
-    print(f"      one bare update_many ($set/$unset)       {classic_s:7.2f} s")
-    floor_s: dict[int, float] = {}
+    seed(db.bare, n)
+    classic_s, _ = timed(lambda: db.bare.update_many({}, BARE_CLASSIC_UPDATE))
+    print(f"       one bare update_many ($set/$unset) {classic_s:7.2f} s")
     for batch_size in batch_sizes:
         # The cheapest batched write on this server: the same batches (next N ids in _id
-        # order, named with $in) with no classification and the bare pipeline. What the
-        # migration adds on top of this is its own cost; the rest is the server's price
-        # for batching at all.
+        # order, named with $in), no classification, the bare pipeline. What the migration
+        # adds on top of this is its own cost; the rest is the server's price for batching.
         seed(db.bare, n)
-        floor_s[batch_size], _ = timed(lambda: batched_floor(db.bare, batch_size))
-        print(f"floor: batched bare update_many, batch {batch_size:>5}  {floor_s[batch_size]:7.2f} s  "
-              f"ratio {floor_s[batch_size] / bare_s:4.2f}x the pipeline limit")
-    db.bare.drop()
-    for batch_size in batch_sizes:
-        seed(db.migrate, n)
-        secs, result = timed(
-            lambda: migrate_collection(
-                db.migrate, dry_run=False, fail_in_flight=fail_in_flight, batch_size=batch_size
-            )
-        )
+        floor_s, _ = timed(functools.partial(batched_floor, db.bare, batch_size))
         print(
-            f"migration, batch size {batch_size:>5}:                {secs:7.2f} s  "
-            f"ratio {secs / bare_s:4.2f}x the pipeline limit, {secs / floor_s[batch_size]:4.2f}x the batched floor  "
-            f"({result.migrated_total} migrated, {result.in_flight} in flight, {result.invalid} invalid)"
+            f"floor: batched bare update_many, batch {batch_size:>5}: {floor_s:7.2f} s  "
+            f"= {floor_s / bare_s:4.2f}x the limit"
         )
         seed(db.migrate, n)
-        dry_s, _ = timed(
-            lambda: migrate_collection(db.migrate, dry_run=True, fail_in_flight=fail_in_flight, batch_size=batch_size)
+        migrate = functools.partial(
+            migrate_collection, db.migrate, fail_in_flight=fail_in_flight, batch_size=batch_size
         )
-        print(f"dry run,   batch size {batch_size:>5}:                {dry_s:7.2f} s")
+        secs, result = timed(functools.partial(migrate, dry_run=False))
+        print(
+            f"migration, batch {batch_size:>5}:                  {secs:7.2f} s  "
+            f"= {secs / bare_s:4.2f}x the limit, {secs / floor_s:4.2f}x the batched floor "
+            f"({result.migrated_total} migrated, {result.in_flight} in flight, "
+            f"{result.invalid} invalid)"
+        )
+        seed(db.migrate, n)
+        dry_s, _ = timed(functools.partial(migrate, dry_run=True))
+        print(f"dry run,   batch {batch_size:>5}:                  {dry_s:7.2f} s")
+    db.bare.drop()
     db.migrate.drop()
 
 
-def peak_heap(db: pymongo.database.Database, n: int, batch_size: int, max_report_ids: int) -> float:
+def peak_heap(db: Database, n: int, batch_size: int, max_report_ids: int) -> float:
     seed(db.memory, n)
     tracemalloc.start()
     migrate_collection(
-        db.memory, dry_run=False, fail_in_flight=False, batch_size=batch_size,
+        db.memory,
+        dry_run=False,
+        fail_in_flight=False,
+        batch_size=batch_size,
         max_report_ids=max_report_ids,
     )
     _, peak = tracemalloc.get_traced_memory()

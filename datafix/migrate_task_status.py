@@ -76,9 +76,9 @@ def _connect(uri: str, timeout_s: float) -> pymongo.MongoClient:
         client.admin.command("ping")
     except OperationFailure as exc:
         client.close()
+        reason = (exc.details or {}).get("errmsg", str(exc))
         raise UsageProblem(
-            f"the server refused the connection: {exc.details.get('errmsg', exc) if exc.details else exc}. "
-            "Check the credentials in --mongodb-uri."
+            f"the server refused the connection: {reason}. Check the credentials in --mongodb-uri."
         ) from None
     except PyMongoError as exc:
         client.close()
@@ -164,7 +164,9 @@ class _ProgressOutput:
             )
 
 
-def _summary_table(results: list[CollectionResult], *, dry_run: bool, fail_in_flight: bool) -> Table:
+def _summary_table(
+    results: list[CollectionResult], *, dry_run: bool, fail_in_flight: bool
+) -> Table:
     verb = "would migrate" if dry_run else "migrated"
     title = "task_status migration" + (" (DRY RUN: nothing written)" if dry_run else "")
     table = Table(title=title)
@@ -173,7 +175,9 @@ def _summary_table(results: list[CollectionResult], *, dry_run: bool, fail_in_fl
     for status in ("READY", "SUCCESS", "FAILURE"):
         table.add_column(f"{verb} → {status}", justify="right")
     table.add_column("already migrated", justify="right")
-    table.add_column("in flight " + ("→ FAILURE" if fail_in_flight else "(skipped)"), justify="right")
+    table.add_column(
+        "in flight " + ("→ FAILURE" if fail_in_flight else "(skipped)"), justify="right"
+    )
     table.add_column("invalid", justify="right")
     for r in results:
         table.add_row(
@@ -211,7 +215,9 @@ def _print_details(console: Console, r: CollectionResult, *, fail_in_flight: boo
 def _print_samples(console: Console, r: CollectionResult) -> None:
     for sample in r.samples:
         before, after = sample["before"], sample["after"]
-        keys = [k for k in dict.fromkeys([*before, *after]) if before.get(k, ...) != after.get(k, ...)]
+        keys = [
+            k for k in dict.fromkeys([*before, *after]) if before.get(k, ...) != after.get(k, ...)
+        ]
         console.print(
             f"{r.name}: sample {sample['row']} -> {sample['target']}, _id={_json(before['_id'])}",
             highlight=False,
@@ -330,7 +336,9 @@ def main(
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     if report is not None and not report.parent.is_dir():
-        err.print(f"error: --report {report}: directory {report.parent} does not exist", highlight=False)
+        err.print(
+            f"error: --report {report}: directory {report.parent} does not exist", highlight=False
+        )
         raise typer.Exit(EXIT_USAGE)
     try:
         code = run(

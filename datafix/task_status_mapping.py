@@ -1,4 +1,4 @@
-"""The legacy ``tasks_status`` -> ``process_status`` mapping: row filters, update pipelines, classification.
+"""The legacy tasks_status -> process_status mapping: row filters, update pipelines, classifier.
 
 Pure: no I/O. Everything the migration decides about a document is decided here, in two
 forms that must agree:
@@ -120,7 +120,9 @@ def _process_status_in(statuses: tuple[str | None, ...]) -> dict[str, Any]:
 
 
 def _string_or_null(field: str) -> dict[str, Any]:
-    return {"$or": [{field: {"$exists": False}}, {field: {"$type": ["string", "null"], **_NOT_ARRAY}}]}
+    return {
+        "$or": [{field: {"$exists": False}}, {field: {"$type": ["string", "null"], **_NOT_ARRAY}}]
+    }
 
 
 def _list_or_null(field: str) -> dict[str, Any]:
@@ -155,7 +157,9 @@ def row_filter(row: Row) -> dict[str, Any]:
             ]
         }
     else:
-        state = {"$and": [_status_in(row.legacy_task_statuses), _process_status_in(not_in_flight_ps)]}
+        state = {
+            "$and": [_status_in(row.legacy_task_statuses), _process_status_in(not_in_flight_ps)]
+        }
     return {"$and": [state, *_well_typed()]}
 
 
@@ -216,7 +220,11 @@ def row_pipeline(row: Row) -> list[dict[str, Any]]:
     if row.in_flight:
         # Appended before the message is computed, so "failed: <last error>" names it.
         stages.append(
-            {"$set": {"errors": {"$concatArrays": [{"$ifNull": ["$errors", []]}, [INTERRUPTED_ERROR]]}}}
+            {
+                "$set": {
+                    "errors": {"$concatArrays": [{"$ifNull": ["$errors", []]}, [INTERRUPTED_ERROR]]}
+                }
+            }
         )
     stages.append(
         {

@@ -48,16 +48,34 @@ def test_killed_run_then_rerun_equals_one_clean_run(
 
     log = (tmp_path / "killed.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "datafix.migrate_task_status", "--mongodb-uri", mongodb_uri,
-         "--db", db.name, "--collection", "killed", "--batch-size", "50", "--fail-in-flight"],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "datafix.migrate_task_status",
+            "--mongodb-uri",
+            mongodb_uri,
+            "--db",
+            db.name,
+            "--collection",
+            "killed",
+            "--batch-size",
+            "50",
+            "--fail-in-flight",
+        ],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         # Kill once a real share of the work is done, but (asserted below) not all of it.
         services.wait_for(
-            lambda: proc.poll() is not None
-            or db.killed.count_documents(legacy_filter()) <= legacy_at_start - 2_000,
-            timeout=90, interval=0.05, what="partial progress of the migration",
+            lambda: (
+                proc.poll() is not None
+                or db.killed.count_documents(legacy_filter()) <= legacy_at_start - 2_000
+            ),
+            timeout=90,
+            interval=0.05,
+            what="partial progress of the migration",
         )
         assert proc.poll() is None, "the migration finished before it could be killed"
         proc.send_signal(signal.SIGKILL)

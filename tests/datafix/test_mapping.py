@@ -31,7 +31,12 @@ def doc(**fields: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("spelling", ["tasks_status", "task_status"])
 @pytest.mark.parametrize(
     ("legacy", "row"),
-    [("CREATED", READY_ROW), ("PENDING", READY_ROW), ("SUCCESS", SUCCESS_ROW), ("FAILURE", FAILURE_ROW)],
+    [
+        ("CREATED", READY_ROW),
+        ("PENDING", READY_ROW),
+        ("SUCCESS", SUCCESS_ROW),
+        ("FAILURE", FAILURE_ROW),
+    ],
 )
 @pytest.mark.parametrize("process_status", [MISSING, None, "COMPLETED"])
 def test_rows_not_in_flight(spelling: str, legacy: str, row: Any, process_status: Any) -> None:
@@ -70,12 +75,21 @@ def test_in_flight(fields: dict[str, Any]) -> None:
         ({"tasks_status": ["SUCCESS"]}, "tasks_status is a list"),
         ({"tasks_status": "SUCCESS", "task_status": "FAILURE"}, "disagree"),
         ({"tasks_status": "SUCCESS", "task_status": None}, "task_status is null"),
-        ({"tasks_status": "SUCCESS", "process_status": "SUCCESS"}, "legacy process_status is 'SUCCESS'"),
-        ({"tasks_status": "SUCCESS", "process_status": ["RUNNING"]}, "legacy process_status is a list"),
+        (
+            {"tasks_status": "SUCCESS", "process_status": "SUCCESS"},
+            "legacy process_status is 'SUCCESS'",
+        ),
+        (
+            {"tasks_status": "SUCCESS", "process_status": ["RUNNING"]},
+            "legacy process_status is a list",
+        ),
         ({"tasks_status": "SUCCESS", "current_task": 7}, "current_task is a int"),
         ({"tasks_status": "SUCCESS", "current_task": ["a"]}, "current_task is a list"),
         ({"tasks_status": "FAILURE", "errors": "boom"}, "errors is 'boom'"),
-        ({"tasks_status": "RUNNING", "process_status": "WEIRD"}, "legacy process_status"),  # invalid beats in flight
+        (
+            {"tasks_status": "RUNNING", "process_status": "WEIRD"},
+            "legacy process_status",
+        ),  # invalid beats in flight
     ],
 )
 def test_invalid(fields: dict[str, Any], reason_part: str) -> None:
@@ -93,8 +107,28 @@ def test_without_status_field_is_not_legacy() -> None:
 
 # Values chosen to hit every branch of the filters: valid words, unknown words, null, other
 # scalar types, and arrays (which MongoDB queries would otherwise match element-wise).
-STATUS_VALUES = [MISSING, None, "CREATED", "PENDING", "RUNNING", "SUCCESS", "FAILURE", "BOGUS", ["SUCCESS"], 5]
-PROCESS_STATUS_VALUES = [MISSING, None, "CALLED", "RUNNING", "COMPLETED", "DONE", ["RUNNING"], [None]]
+STATUS_VALUES = [
+    MISSING,
+    None,
+    "CREATED",
+    "PENDING",
+    "RUNNING",
+    "SUCCESS",
+    "FAILURE",
+    "BOGUS",
+    ["SUCCESS"],
+    5,
+]
+PROCESS_STATUS_VALUES = [
+    MISSING,
+    None,
+    "CALLED",
+    "RUNNING",
+    "COMPLETED",
+    "DONE",
+    ["RUNNING"],
+    [None],
+]
 CURRENT_TASK_VALUES = [MISSING, None, "step", 3, ["step"], [None]]
 ERRORS_VALUES = [MISSING, None, [], ["e1", "e2"], "e", [None], {"e": 1}]
 
@@ -120,7 +154,9 @@ def _matrix() -> list[dict[str, Any]]:
     # Every valid status spelling with every (current_task, errors) pair, so each row is
     # exercised against each type rule.
     valid = [s for s in STATUS_VALUES if isinstance(s, str) and s != "BOGUS"]
-    spellings = [(s, MISSING) for s in valid] + [(MISSING, s) for s in valid] + [(s, s) for s in valid]
+    spellings = (
+        [(s, MISSING) for s in valid] + [(MISSING, s) for s in valid] + [(s, s) for s in valid]
+    )
     for (tasks_status, task_status), ps, (current_task, errors) in itertools.product(
         spellings, [MISSING, None, "CALLED", "RUNNING", "COMPLETED"], pairs
     ):
@@ -151,11 +187,14 @@ def test_server_filters_select_exactly_the_classified_rows(db: Database) -> None
         elif verdict.outcome is Outcome.INVALID:
             expected_invalid.add(d["_id"])
     # The matrix must exercise every outcome, or this test proves little.
-    assert all(len(ids) >= 100 for ids in expected.values()), {k: len(v) for k, v in expected.items()}
+    assert all(len(ids) >= 100 for ids in expected.values()), {
+        k: len(v) for k, v in expected.items()
+    }
     assert len(expected_invalid) > 1000
 
     selected: dict[str, set[int]] = {
-        row.name: {d["_id"] for d in db.matrix.find(row_filter(row), {"_id": 1})} for row in ALL_ROWS
+        row.name: {d["_id"] for d in db.matrix.find(row_filter(row), {"_id": 1})}
+        for row in ALL_ROWS
     }
     for row in ALL_ROWS:
         assert selected[row.name] == expected[row.name], row.name

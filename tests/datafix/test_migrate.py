@@ -37,7 +37,11 @@ def legacy(_id: Any, **fields: Any) -> dict[str, Any]:
 
 def expected_after(before: dict[str, Any], status: str, message: str | None) -> dict[str, Any]:
     """The migrated form of ``before``: only the documented fields change."""
-    after = {k: v for k, v in before.items() if k not in {"tasks_status", "task_status", "current_task", "tasks"}}
+    after = {
+        k: v
+        for k, v in before.items()
+        if k not in {"tasks_status", "task_status", "current_task", "tasks"}
+    }
     after["process_status"] = status
     after["current_process_step"] = before.get("current_task")
     if message is not None:
@@ -57,10 +61,21 @@ def test_every_row_migrates_and_keeps_other_fields(
     docs = [
         legacy(1, **status("CREATED"), current_task=None, tasks=[], process_status=None),
         legacy(2, **status("PENDING"), current_task="queued"),
-        legacy(3, **status("SUCCESS"), current_task="publish", tasks=[{"n": "a"}],
-               process_status="COMPLETED", complete_time=CREATED_AT),
-        legacy(4, **status("FAILURE"), current_task="parse", errors=["bad header", "bad row 7"],
-               process_status="COMPLETED"),
+        legacy(
+            3,
+            **status("SUCCESS"),
+            current_task="publish",
+            tasks=[{"n": "a"}],
+            process_status="COMPLETED",
+            complete_time=CREATED_AT,
+        ),
+        legacy(
+            4,
+            **status("FAILURE"),
+            current_task="parse",
+            errors=["bad header", "bad row 7"],
+            process_status="COMPLETED",
+        ),
     ]
     db.jobs.insert_many(copy.deepcopy(docs))
 
@@ -91,14 +106,26 @@ def test_field_order_and_untouched_fields_survive(db: Database, migrate: CliInvo
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"tasks_status": "SUCCESS", "last_status_message": ""}, "Process ingest completed successfully"),
-        ({"tasks_status": "SUCCESS", "last_status_message": None}, "Process ingest completed successfully"),
+        (
+            {"tasks_status": "SUCCESS", "last_status_message": ""},
+            "Process ingest completed successfully",
+        ),
+        (
+            {"tasks_status": "SUCCESS", "last_status_message": None},
+            "Process ingest completed successfully",
+        ),
         ({"tasks_status": "SUCCESS", "current_process": None}, "Process completed successfully"),
         ({"tasks_status": "SUCCESS", "current_process": 12}, "Process completed successfully"),
         ({"tasks_status": "FAILURE", "errors": None}, "Process ingest failed"),
         ({"tasks_status": "FAILURE", "errors": ["x", {"code": 3}]}, "Process ingest failed"),
-        ({"task_status": "FAILURE", "errors": ["Timeout after 30s"]}, "Process ingest failed: Timeout after 30s"),
-        ({"task_status": "CREATED", "last_status_message": "waiting for upload"}, "waiting for upload"),
+        (
+            {"task_status": "FAILURE", "errors": ["Timeout after 30s"]},
+            "Process ingest failed: Timeout after 30s",
+        ),
+        (
+            {"task_status": "CREATED", "last_status_message": "waiting for upload"},
+            "waiting for upload",
+        ),
     ],
 )
 def test_status_message_written_only_when_empty(
@@ -183,9 +210,15 @@ def test_fail_in_flight_marks_them_failure(db: Database, migrate: CliInvoker) ->
 
 
 def _mixed_collection(db: Database, name: str = "jobs") -> None:
-    docs = [legacy(1000 + i, tasks_status=s) for i, s in enumerate(["CREATED", "PENDING", "SUCCESS", "FAILURE"] * 5)]
+    docs = [
+        legacy(1000 + i, tasks_status=s)
+        for i, s in enumerate(["CREATED", "PENDING", "SUCCESS", "FAILURE"] * 5)
+    ]
     docs += copy.deepcopy(INVALID_DOCS) + copy.deepcopy(IN_FLIGHT_DOCS)
-    docs += [{"_id": 100 + i, "process_status": "SUCCESS", "current_process_step": None} for i in range(3)]
+    docs += [
+        {"_id": 100 + i, "process_status": "SUCCESS", "current_process_step": None}
+        for i in range(3)
+    ]
     db[name].insert_many(docs)
 
 
@@ -199,8 +232,8 @@ def test_dry_run_writes_nothing_and_predicts_the_run(db: Database, migrate: CliI
     assert dry.exit_code == 1
     assert "DRY RUN" in dry.stdout
     # Samples show the change the update would make, e.g. the removed legacy field.
-    assert "tasks_status: \"CREATED\" -> (removed)" in dry.stdout
-    assert "process_status: (absent) -> \"READY\"" in dry.stdout
+    assert 'tasks_status: "CREATED" -> (removed)' in dry.stdout
+    assert 'process_status: (absent) -> "READY"' in dry.stdout
     real = migrate("jobs", "--batch-size", "7")
     assert dry.report is not None and real.report is not None
     predicted = {k: v for k, v in dry.report["collections"]["jobs"].items() if k != "samples"}
@@ -210,7 +243,9 @@ def test_dry_run_writes_nothing_and_predicts_the_run(db: Database, migrate: CliI
     assert {s["row"] for s in samples} == {"ready", "success", "failure"}
     for s in samples:
         written = db.jobs.find_one({"_id": s["before"]["_id"]})
-        assert s["after"] == json.loads(json_util.dumps(written, json_options=json_util.RELAXED_JSON_OPTIONS))
+        assert s["after"] == json.loads(
+            json_util.dumps(written, json_options=json_util.RELAXED_JSON_OPTIONS)
+        )
 
 
 def test_second_run_changes_nothing(db: Database, migrate: CliInvoker) -> None:
@@ -241,7 +276,17 @@ def test_batch_size_does_not_change_the_result(
 
 
 def test_mixed_id_types(db: Database, migrate: CliInvoker) -> None:
-    ids: list[Any] = [3, 2.5, "a", "b", ObjectId(), ObjectId(), datetime(2020, 1, 1), {"k": 1}, True]
+    ids: list[Any] = [
+        3,
+        2.5,
+        "a",
+        "b",
+        ObjectId(),
+        ObjectId(),
+        datetime(2020, 1, 1),
+        {"k": 1},
+        True,
+    ]
     db.jobs.insert_many([legacy(i, tasks_status="SUCCESS") for i in ids])
     run = migrate("jobs", "--batch-size", "2")
     assert run.exit_code == 0
@@ -278,8 +323,13 @@ def test_report_caps_id_lists(db: Database, migrate: CliInvoker) -> None:
 
 def test_report_is_complete_json(db: Database, migrate: CliInvoker) -> None:
     oid = ObjectId()
-    db.jobs.insert_many([legacy(oid, tasks_status="BAD"), legacy(1, tasks_status="RUNNING"),
-                         legacy(2, tasks_status="SUCCESS")])
+    db.jobs.insert_many(
+        [
+            legacy(oid, tasks_status="BAD"),
+            legacy(1, tasks_status="RUNNING"),
+            legacy(2, tasks_status="SUCCESS"),
+        ]
+    )
     run = migrate("jobs")
     assert run.report is not None
     assert run.report["exit_code"] == run.exit_code == 1

@@ -37,20 +37,50 @@ def bound(db: Database, mongodb_uri: str) -> Iterator[None]:
 
 def test_migrated_documents_load_as_proc(db: Database, migrate: CliInvoker, bound: None) -> None:
     ids = [ObjectId() for _ in range(4)]
-    common = {"current_process": "upload", "warnings": [], "create_time": datetime(2022, 1, 1),
-              "worker_hostname": "w@h", "celery_task_id": "t", "size": 10}
-    db.uploads.insert_many([
-        {"_id": ids[0], "tasks_status": "CREATED", "filename": "a.csv", "tasks": [], **common},
-        {"_id": ids[1], "task_status": "SUCCESS", "current_task": "store", "filename": "b.csv",
-         "errors": [], "complete_time": datetime(2022, 1, 2), **common},
-        {"_id": ids[2], "tasks_status": "FAILURE", "errors": ["bad csv"], "filename": "c.csv", **common},
-        {"_id": ids[3], "tasks_status": "RUNNING", "current_task": "parse", "filename": "d.csv", **common},
-    ])
+    common = {
+        "current_process": "upload",
+        "warnings": [],
+        "create_time": datetime(2022, 1, 1),
+        "worker_hostname": "w@h",
+        "celery_task_id": "t",
+        "size": 10,
+    }
+    db.uploads.insert_many(
+        [
+            {"_id": ids[0], "tasks_status": "CREATED", "filename": "a.csv", "tasks": [], **common},
+            {
+                "_id": ids[1],
+                "task_status": "SUCCESS",
+                "current_task": "store",
+                "filename": "b.csv",
+                "errors": [],
+                "complete_time": datetime(2022, 1, 2),
+                **common,
+            },
+            {
+                "_id": ids[2],
+                "tasks_status": "FAILURE",
+                "errors": ["bad csv"],
+                "filename": "c.csv",
+                **common,
+            },
+            {
+                "_id": ids[3],
+                "tasks_status": "RUNNING",
+                "current_task": "parse",
+                "filename": "d.csv",
+                **common,
+            },
+        ]
+    )
     assert migrate("uploads", "--fail-in-flight").exit_code == 0
 
     loaded = {u.id: u for u in LegacyUpload.objects.order_by("id")}
     assert [loaded[i].process_status for i in ids] == [
-        ProcessStatus.READY, ProcessStatus.SUCCESS, ProcessStatus.FAILURE, ProcessStatus.FAILURE,
+        ProcessStatus.READY,
+        ProcessStatus.SUCCESS,
+        ProcessStatus.FAILURE,
+        ProcessStatus.FAILURE,
     ]
     assert loaded[ids[1]].current_process_step == "store"
     assert loaded[ids[1]].last_status_message == "Process upload completed successfully"
