@@ -62,6 +62,10 @@ def _json(value: Any) -> Any:
     return json.loads(json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS))
 
 
+def _id_text(value: Any) -> str:
+    return json.dumps(_json(value))
+
+
 def _connect(uri: str, timeout_s: float) -> pymongo.MongoClient:
     try:
         client: pymongo.MongoClient = pymongo.MongoClient(
@@ -167,16 +171,17 @@ class _ProgressOutput:
 def _summary_table(
     results: list[CollectionResult], *, dry_run: bool, fail_in_flight: bool
 ) -> Table:
-    verb = "would migrate" if dry_run else "migrated"
-    title = "task_status migration" + (" (DRY RUN: nothing written)" if dry_run else "")
+    title = "task_status migration: documents " + (
+        "that WOULD be migrated (DRY RUN: nothing written)" if dry_run else "migrated"
+    )
     table = Table(title=title)
-    table.add_column("collection")
+    table.add_column("collection", no_wrap=True)
     table.add_column("scanned", justify="right")
     for status in ("READY", "SUCCESS", "FAILURE"):
-        table.add_column(f"{verb} → {status}", justify="right")
-    table.add_column("already migrated", justify="right")
+        table.add_column(f"→ {status}", justify="right")
+    table.add_column("already\nmigrated", justify="right")
     table.add_column(
-        "in flight " + ("→ FAILURE" if fail_in_flight else "(skipped)"), justify="right"
+        "in flight\n" + ("→ FAILURE" if fail_in_flight else "skipped"), justify="right"
     )
     table.add_column("invalid", justify="right")
     for r in results:
@@ -201,7 +206,7 @@ def _print_details(console: Console, r: CollectionResult, *, fail_in_flight: boo
     if r.invalid:
         console.print(f"{r.name}: {r.invalid} invalid document(s) left untouched:", highlight=False)
         for item in r.invalid_docs.items[:INVALID_SHOWN]:
-            console.print(f"  _id={_json(item['_id'])}: {item['reason']}", highlight=False)
+            console.print(f"  _id={_id_text(item['_id'])}: {item['reason']}", highlight=False)
         if r.invalid > INVALID_SHOWN:
             console.print(f"  ... {r.invalid - INVALID_SHOWN} more (see --report)", highlight=False)
     if r.unmatched:
@@ -219,7 +224,8 @@ def _print_samples(console: Console, r: CollectionResult) -> None:
             k for k in dict.fromkeys([*before, *after]) if before.get(k, ...) != after.get(k, ...)
         ]
         console.print(
-            f"{r.name}: sample {sample['row']} -> {sample['target']}, _id={_json(before['_id'])}",
+            f"{r.name}: sample {sample['row']} -> {sample['target']}, "
+            f"_id={_id_text(before['_id'])}",
             highlight=False,
         )
         for k in keys:
