@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pymongo
 from pymongo.database import Database
 
 from datafix.task_status_mapping import legacy_filter
@@ -99,3 +100,53 @@ def test_killed_run_then_rerun_equals_one_clean_run(
     assert rerun_stats["migrated_total"] == legacy_after_kill - invalid
     assert rerun_stats["invalid"]["count"] == clean_stats["invalid"]["count"] == invalid
     assert rerun.exit_code == clean.exit_code == 1  # the BOGUS documents
+
+
+def test_server_lost_mid_run_exits_2_without_traceback(
+    service_log_dir: Path, tmp_path: Path
+) -> None:
+    """A server that dies mid-run: exit 2 and a short message telling the operator to rerun."""
+    server = services.start_secantus(service_log_dir)
+    try:
+        client: pymongo.MongoClient = pymongo.MongoClient(server.url)
+        coll = client.lost.jobs
+        coll.insert_many([{"_id": i, "tasks_status": "SUCCESS"} for i in range(20_000)])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "datafix.migrate_task_status",
+                "--mongodb-uri",
+                server.url,
+                "--db",
+                "lost",
+                "--collection",
+                "jobs",
+                "--batch-size",
+                "20",
+                "--server-timeout",
+                "1",
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        services.wait_for(
+            lambda: (
+                proc.poll() is not None
+                or coll.count_documents({"process_status": "SUCCESS"}) >= 500
+            ),
+            timeout=60,
+            interval=0.05,
+            what="partial progress",
+        )
+        assert proc.poll() is None, "the migration finished before the server could be stopped"
+        client.close()
+        server.stop(signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 2
+    text = stderr.decode()
+    assert "the server failed during the migration" in text and "rerun" in text
+    assert "Traceback" not in text
