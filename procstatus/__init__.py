@@ -2,35 +2,58 @@
 
 Subclass :class:`Proc`, decorate methods with :func:`process`, call
 :func:`install` on your Celery app, and every document says where its process stands.
+
+Names load on first use, so ``procstatus.status`` (what the datafix needs) imports
+neither Celery nor the rest of the library.
 """
 
-from procstatus.dispatch import process
-from procstatus.document import Proc, ProcQuerySet
-from procstatus.errors import (
-    NotInstalled,
-    NotRunning,
-    ProcessAlreadyRunning,
-    ProcessFailure,
-    ProcStatusError,
-    StatusFieldWrite,
-)
-from procstatus.hooks import install
-from procstatus.status import ProcessStatus
-from procstatus.sweeper import SweepReport, sweep
+from __future__ import annotations
 
-__all__ = [
-    "NotInstalled",
-    "NotRunning",
-    "Proc",
-    "ProcQuerySet",
-    "ProcStatusError",
-    "ProcessAlreadyRunning",
-    "ProcessFailure",
-    "ProcessStatus",
-    "StatusFieldWrite",
-    "SweepReport",
-    "install",
-    "process",
-    "sweep",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from procstatus.dispatch import process
+    from procstatus.document import Proc, ProcQuerySet
+    from procstatus.errors import (
+        NotInstalled,
+        NotRunning,
+        ProcessAlreadyRunning,
+        ProcessFailure,
+        ProcStatusError,
+        StatusFieldWrite,
+    )
+    from procstatus.hooks import install
+    from procstatus.status import ProcessStatus
+    from procstatus.sweeper import SweepReport, sweep
+
+_WHERE = {
+    "NotInstalled": "procstatus.errors",
+    "NotRunning": "procstatus.errors",
+    "Proc": "procstatus.document",
+    "ProcQuerySet": "procstatus.document",
+    "ProcStatusError": "procstatus.errors",
+    "ProcessAlreadyRunning": "procstatus.errors",
+    "ProcessFailure": "procstatus.errors",
+    "ProcessStatus": "procstatus.status",
+    "StatusFieldWrite": "procstatus.errors",
+    "SweepReport": "procstatus.sweeper",
+    "install": "procstatus.hooks",
+    "process": "procstatus.dispatch",
+    "sweep": "procstatus.sweeper",
+}
+
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'procstatus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

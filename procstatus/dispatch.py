@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery.utils import uuid as celery_uuid
 from mongoengine.base import get_document
 from mongoengine.errors import NotRegistered
 
@@ -258,7 +258,8 @@ def revoke(task_id: str, *, terminate: bool) -> None:
 
 
 def new_task_id() -> str:
-    return celery_uuid()
+    """A Celery task id (the same form Celery generates)."""
+    return str(uuid.uuid4())
 
 
 def _json_pk(pk: Any) -> Any:

@@ -124,7 +124,12 @@ def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(
     redis_client.rpush(gate_key(idempotent.pk), 1)
     assert idempotent.block_until_complete(timeout=30) is ProcessStatus.SUCCESS
     assert fresh(idempotent.pk).warnings[0].startswith("sent again after worker lost")
-    # Procs on the healthy worker were never touched and still finish normally.
+    # Keep sweeping for two more thresholds: the live worker's runs are never touched.
+    healthy_labels = {f"FaultJob({j.pk})" for j in healthy}
+    watch_until = time.monotonic() + 2 * THRESHOLD
+    while time.monotonic() < watch_until:
+        assert not healthy_labels & set(procstatus.sweep(threshold=THRESHOLD).failed)
+    # Procs on the healthy worker still finish normally.
     for job in healthy:
         assert fresh(job.pk).process_status is ProcessStatus.RUNNING
         redis_client.rpush(gate_key(job.pk), 1)

@@ -62,3 +62,19 @@ def test_package_ships_py_typed_and_pins_secantus_exactly():
     bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
     assert 'SECANTUS_VERSION="0.7.0b3"' in bootstrap
     assert "SecantusDB==$SECANTUS_VERSION" in bootstrap
+
+
+def test_datafix_and_the_document_layer_load_without_celery():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import datafix.migrate_task_status\n"
+        "from procstatus import Proc, ProcessStatus, process\n"
+        "assert 'celery' not in sys.modules, 'celery was imported'\n"
+        "from procstatus import install\n"
+        "assert 'celery' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
