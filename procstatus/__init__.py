@@ -43,7 +43,21 @@ _WHERE = {
     "sweep": "procstatus.sweeper",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "NotInstalled",
+    "NotRunning",
+    "Proc",
+    "ProcQuerySet",
+    "ProcStatusError",
+    "ProcessAlreadyRunning",
+    "ProcessFailure",
+    "ProcessStatus",
+    "StatusFieldWrite",
+    "SweepReport",
+    "install",
+    "process",
+    "sweep",
+]
 __version__ = "0.1.0"
 
 

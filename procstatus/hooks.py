@@ -152,7 +152,7 @@ class ProcessHooks:
             written = runner.fail(run.proc, exception, errors=errors)
             if written is None:
                 # Moved meanwhile (e.g. back to PENDING for a retry that never got sent).
-                self._fail_by_task_id(run.call, task_id, errors[-1])
+                transitions.fail_run(run.proc._get_collection(), run.proc.pk, task_id, errors[-1])
             join.after_finish(
                 run.proc, written, is_child=run.call.spec.is_child, task_id=task_id,
                 worker=worker_ref(sender.request.hostname),
@@ -190,14 +190,19 @@ class ProcessHooks:
 def describe_failure(exc: BaseException, call: ProcessCall) -> list[str]:
     """The error messages recorded for ``exc``, naming limits and lost workers."""
     if isinstance(exc, SoftTimeLimitExceeded):
-        limit = call.spec.soft_time_limit
-        return [f"SoftTimeLimitExceeded: soft time limit ({limit:g}s) exceeded"]
+        limit = _seconds(call.spec.soft_time_limit)
+        return [f"SoftTimeLimitExceeded: soft time limit{limit} exceeded"]
     if isinstance(exc, TimeLimitExceeded):
-        limit = exc.args[0] if exc.args else call.spec.time_limit
-        return [f"TimeLimitExceeded: hard time limit ({limit:g}s) exceeded; the process was killed"]
+        limit = _seconds(exc.args[0] if exc.args else call.spec.time_limit)
+        return [f"TimeLimitExceeded: hard time limit{limit} exceeded; the process was killed"]
     if isinstance(exc, WorkerLostError):
         return [f"WorkerLostError: worker lost: {exc}"]
     return runner.failure_messages(exc)
+
+
+def _seconds(limit: Any) -> str:
+    # The limit may come from the app's settings rather than @process: then it is unknown.
+    return f" ({limit:g}s)" if isinstance(limit, (int, float)) else ""
 
 
 def _send_again(call: ProcessCall, task_id: str, reason: str) -> bool:

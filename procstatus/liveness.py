@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mongoengine import DEFAULT_CONNECTION_NAME
@@ -50,13 +50,13 @@ settings = LivenessSettings()
 
 
 def _utcnow() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(timezone.utc)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
     # pymongo returns naive UTC datetimes unless the client is tz_aware.
     if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
+        return moment.replace(tzinfo=timezone.utc)
     return moment
 
 

@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mongoengine.base import _document_registry
@@ -66,7 +66,7 @@ def sweep(
     """
     threshold = threshold if threshold is not None else liveness.settings.threshold
     beats = liveness.read_beats(liveness.settings.collection())
-    now = datetime.now(UTC)
+    now = datetime.now(timezone.utc)
     report = SweepReport()
     for cls in classes if classes is not None else proc_classes():
         try:

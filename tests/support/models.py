@@ -12,7 +12,10 @@ from procstatus import Proc, ProcessFailure, ProcessStatus, process
 
 
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"))
+    # redis-py 8 times a socket read out after 5 s by default; gates block for longer.
+    return redis.Redis.from_url(
+        os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"), socket_timeout=150
+    )
 
 
 def runs_key(pk: object) -> str:

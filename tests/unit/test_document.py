@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from bson import ObjectId
@@ -37,7 +37,7 @@ def make_running(job, process="noop", task_id=None):
 
 
 def test_create_yields_ready_with_create_time():
-    before = datetime.now(UTC) - timedelta(seconds=1)
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
     job = UnitJob.create(name="a")
     assert job.pk is not None
     assert job.process_status is S.READY
@@ -45,8 +45,8 @@ def test_create_yields_ready_with_create_time():
     stored = raw(job)
     assert stored["process_status"] == "READY"
     assert stored["name"] == "a"
-    created = stored["create_time"].replace(tzinfo=UTC)
-    assert before <= created <= datetime.now(UTC) + timedelta(seconds=1)
+    created = stored["create_time"].replace(tzinfo=timezone.utc)
+    assert before <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
     fresh = UnitJob.objects.get(pk=job.pk)
     assert fresh.process_status is S.READY
     assert fresh.errors == [] and fresh.warnings == []
