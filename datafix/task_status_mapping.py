@@ -100,18 +100,24 @@ def legacy_filter() -> dict[str, Any]:
 def _status_in(statuses: tuple[str, ...]) -> dict[str, Any]:
     """The effective legacy task status is one of ``statuses``, under either spelling.
 
-    Both spellings present only counts when they hold the same value.
+    Both spellings present only counts when they hold the same value. Each clause tests
+    the status value first, so a document of another row is rejected after one or two
+    field lookups: SecantusDB evaluates filters in Python, and whole-collection updates
+    evaluate every row's filter on every document.
     """
     values = list(statuses)
-    clauses: list[dict[str, Any]] = [
-        {TASKS_STATUS: {"$in": values, **_NOT_ARRAY}, TASK_STATUS: {"$exists": False}},
-        {TASK_STATUS: {"$in": values, **_NOT_ARRAY}, TASKS_STATUS: {"$exists": False}},
-    ]
-    clauses += [
-        {TASKS_STATUS: {"$in": [s], **_NOT_ARRAY}, TASK_STATUS: {"$in": [s], **_NOT_ARRAY}}
-        for s in statuses
-    ]
-    return {"$or": clauses}
+    return {
+        "$or": [
+            {TASKS_STATUS: {"$in": values, **_NOT_ARRAY}, TASK_STATUS: {"$exists": False}},
+            {TASK_STATUS: {"$in": values, **_NOT_ARRAY}, TASKS_STATUS: {"$exists": False}},
+            # Both present: equal (strict BSON equality, so task_status is then in
+            # `statuses` and not an array too).
+            {
+                TASKS_STATUS: {"$in": values, **_NOT_ARRAY},
+                "$expr": {"$eq": [f"${TASKS_STATUS}", f"${TASK_STATUS}"]},
+            },
+        ]
+    }
 
 
 def _process_status_in(statuses: tuple[str | None, ...]) -> dict[str, Any]:
@@ -120,13 +126,14 @@ def _process_status_in(statuses: tuple[str | None, ...]) -> dict[str, Any]:
 
 
 def _string_or_null(field: str) -> dict[str, Any]:
+    # The common case (a value of the right type) first: $or stops at the first match.
     return {
-        "$or": [{field: {"$exists": False}}, {field: {"$type": ["string", "null"], **_NOT_ARRAY}}]
+        "$or": [{field: {"$type": ["string", "null"], **_NOT_ARRAY}}, {field: {"$exists": False}}]
     }
 
 
 def _list_or_null(field: str) -> dict[str, Any]:
-    return {"$or": [{field: {"$exists": False}}, {field: {"$type": ["array", "null"]}}]}
+    return {"$or": [{field: {"$type": ["array", "null"]}}, {field: {"$exists": False}}]}
 
 
 def _well_typed() -> list[dict[str, Any]]:
