@@ -2,8 +2,9 @@
 
 Moves documents from the legacy ``tasks_status``/``task_status`` scheme to the single
 ``process_status`` + ``current_process_step`` scheme (issue 3). The mapping lives in
-:mod:`datafix.task_status_mapping`, the batching in :mod:`datafix.task_status_runner`;
-operator instructions are in ``datafix/OPERATOR.md``.
+:mod:`datafix.task_status_mapping`, the two run modes (whole-collection, the default, and
+batched with ``--batch-size``) in :mod:`datafix.task_status_runner`; operator
+instructions are in ``datafix/OPERATOR.md``.
 
 Exit codes: 0 every legacy document was migrated (or, in a dry run, would be); 1 some were
 skipped (in flight) or invalid, all reported; 2 usage or connection errors.
@@ -37,8 +38,10 @@ from rich.progress import (
 from rich.table import Table
 
 from datafix.task_status_runner import (
-    DEFAULT_BATCH_SIZE,
+    BATCHED,
     DEFAULT_MAX_REPORT_IDS,
+    SUGGESTED_BATCH_SIZE,
+    WHOLE_COLLECTION,
     CollectionResult,
     migrate_collection,
 )
@@ -118,13 +121,20 @@ def _check_collections(db: Database, names: list[str]) -> None:
 
 
 class _ProgressOutput:
-    """A rich progress bar on a terminal, plain periodic lines otherwise (logs, CI, pipes)."""
+    """A rich progress bar on a terminal, plain lines otherwise (logs, CI, pipes).
+
+    Batched mode advances per document and prints a plain line every few seconds;
+    whole-collection mode advances per step (one server-side update per mapping row, then
+    the listing of what was left) and prints a plain line when each step starts, since a
+    single step can run for minutes.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self._last_line = 0.0
+        self._last_step = ""
 
     def __enter__(self) -> _ProgressOutput:
         if self.console.is_terminal:
@@ -132,7 +142,7 @@ class _ProgressOutput:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("docs"),
+                TextColumn("{task.fields[unit]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=self.console,
@@ -146,16 +156,20 @@ class _ProgressOutput:
             self.progress.__exit__(None, None, None)
 
     def start(self, name: str) -> None:
+        self._last_step = ""
         if self.progress is not None:
-            self.task = self.progress.add_task(name, total=None)
+            self.task = self.progress.add_task(name, total=None, unit="")
         else:
             self.console.print(f"{name}: started", highlight=False)
             self._last_line = time.monotonic()
 
     def update(self, result: CollectionResult, done: bool = False) -> None:
+        if result.mode == WHOLE_COLLECTION:
+            self._update_steps(result, done)
+            return
         total = max(result.total_estimate, result.scanned)
         if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=result.scanned, total=total)
+            self.progress.update(self.task, completed=result.scanned, total=total, unit="docs")
             return
         now = time.monotonic()
         if done or now - self._last_line >= PLAIN_PROGRESS_INTERVAL_S:
@@ -164,6 +178,29 @@ class _ProgressOutput:
             self.console.print(
                 f"{result.name}: scanned {result.scanned}/{total} ({pct:.0f}%), "
                 f"migrated {result.migrated_total}" + (" - done" if done else ""),
+                highlight=False,
+            )
+
+    def _update_steps(self, r: CollectionResult, done: bool) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(
+                self.task,
+                description=f"{r.name}: {'done' if done else r.step}",
+                completed=r.steps_done,
+                total=r.steps_total,
+                unit="steps",
+            )
+            return
+        if done:
+            self.console.print(
+                f"{r.name}: {r.scanned} documents, migrated {r.migrated_total} - done",
+                highlight=False,
+            )
+        elif r.step != self._last_step and r.steps_done < r.steps_total:
+            self._last_step = r.step
+            self.console.print(
+                f"{r.name}: step {r.steps_done + 1}/{r.steps_total}: {r.step} "
+                f"(migrated so far {r.migrated_total})",
                 highlight=False,
             )
 
@@ -241,7 +278,7 @@ def run(
     collections: list[str],
     dry_run: bool,
     fail_in_flight: bool,
-    batch_size: int,
+    batch_size: int | None,
     report_path: Path | None,
     server_timeout: float,
     max_report_ids: int,
@@ -294,6 +331,7 @@ def run(
             "database": db_name,
             "dry_run": dry_run,
             "fail_in_flight": fail_in_flight,
+            "mode": WHOLE_COLLECTION if batch_size is None else BATCHED,
             "batch_size": batch_size,
             "started_at": started.isoformat(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -325,8 +363,16 @@ def main(
         ),
     ] = False,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=100_000, help="documents per batch")
-    ] = DEFAULT_BATCH_SIZE,
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=100_000,
+            help="run in batches of N documents (stops within a batch when interrupted; "
+            f"{SUGGESTED_BATCH_SIZE} suits most servers). Default: one server-side update "
+            "per mapping row over the whole collection",
+        ),
+    ] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="write the summary and ids as JSON here")
     ] = None,
@@ -366,7 +412,13 @@ def main(
     except KeyboardInterrupt:
         err.print(
             "interrupted: every document is either fully migrated or untouched; "
-            "rerun the same command to finish.",
+            "rerun the same command to finish. "
+            + (
+                ""
+                if batch_size is not None
+                else "(An update already sent may still be finishing on the server: that "
+                "is safe, it makes the same change the rerun would.)"
+            ),
             highlight=False,
         )
         raise typer.Exit(130) from None

@@ -35,12 +35,37 @@ class CliRun:
 CliInvoker = Callable[..., CliRun]
 
 
+# The two run modes and the options that select them. Batched mode uses a tiny batch so
+# that the small test collections still span several batches.
+MODES: dict[str, tuple[str, ...]] = {
+    "whole-collection": (),
+    "batched": ("--batch-size", "3"),
+}
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each test using it (or :func:`migrate`) runs once per run mode."""
+    return str(request.param)
+
+
 @pytest.fixture
-def migrate(mongodb_uri: str, db: Database, tmp_path: Path) -> CliInvoker:
-    """Run the command in-process: ``migrate("jobs", "--dry-run")`` -> :class:`CliRun`.
+def migrate(migrate_cli: CliInvoker, mode: str) -> CliInvoker:
+    """:func:`migrate_cli` in the test's run mode (``--batch-size`` given explicitly wins)."""
+
+    def run(*args: str, **kwargs: str | None) -> CliRun:
+        extra = () if "--batch-size" in args else MODES[mode]
+        return migrate_cli(*args, *extra, **kwargs)
+
+    return run
+
+
+@pytest.fixture
+def migrate_cli(mongodb_uri: str, db: Database, tmp_path: Path) -> CliInvoker:
+    """Run the command in-process: ``migrate_cli("jobs", "--dry-run")`` -> :class:`CliRun`.
 
     Positional arguments are collection names unless they start with ``--``; the JSON
-    report is always requested and returned parsed.
+    report is always requested and returned parsed. No mode option is added.
     """
     counter = iter(range(1_000_000))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 from datetime import datetime
 from typing import Any
@@ -10,8 +11,11 @@ from typing import Any
 import pytest
 from bson import ObjectId, json_util
 from pymongo.database import Database
+from rich.console import Console
 
+from datafix.migrate_task_status import _ProgressOutput
 from datafix.task_status_mapping import INTERRUPTED_ERROR, READY_MESSAGE
+from datafix.task_status_runner import CollectionResult, migrate_collection
 from devtools import services
 from tests.datafix.conftest import CliInvoker, collection_hash, collection_state
 
@@ -226,7 +230,7 @@ def test_dry_run_writes_nothing_and_predicts_the_run(db: Database, migrate: CliI
     _mixed_collection(db)
     before = collection_hash(db.jobs)
 
-    dry = migrate("jobs", "--dry-run", "--batch-size", "7")
+    dry = migrate("jobs", "--dry-run")
 
     assert collection_hash(db.jobs) == before
     assert dry.exit_code == 1
@@ -234,7 +238,7 @@ def test_dry_run_writes_nothing_and_predicts_the_run(db: Database, migrate: CliI
     # Samples show the change the update would make, e.g. the removed legacy field.
     assert 'tasks_status: "CREATED" -> (removed)' in dry.stdout
     assert 'process_status: (absent) -> "READY"' in dry.stdout
-    real = migrate("jobs", "--batch-size", "7")
+    real = migrate("jobs")
     assert dry.report is not None and real.report is not None
     predicted = {k: v for k, v in dry.report["collections"]["jobs"].items() if k != "samples"}
     assert predicted == real.report["collections"]["jobs"]
@@ -265,14 +269,31 @@ def test_second_run_changes_nothing(db: Database, migrate: CliInvoker) -> None:
     assert second.exit_code == 1
 
 
-def test_batch_size_does_not_change_the_result(
-    mongo_client: Any, db: Database, migrate: CliInvoker
+def test_mode_and_batch_size_do_not_change_the_result(
+    db: Database, migrate_cli: CliInvoker
 ) -> None:
-    _mixed_collection(db, "a")
-    _mixed_collection(db, "b")
-    migrate("a", "--batch-size", "1", "--fail-in-flight")
-    migrate("b", "--batch-size", "1000", "--fail-in-flight")
-    assert collection_state(db.a) == collection_state(db.b)
+    runs = {}
+    for name, options in {
+        "whole": (),
+        "batch1": ("--batch-size", "1"),
+        "batch1000": ("--batch-size", "1000"),
+    }.items():
+        _mixed_collection(db, name)
+        runs[name] = migrate_cli(name, "--fail-in-flight", *options)
+    assert collection_state(db.whole) == collection_state(db.batch1)
+    assert collection_state(db.whole) == collection_state(db.batch1000)
+    reports = {}
+    for name, run in runs.items():
+        assert run.exit_code == 1 and run.report is not None  # the invalid documents
+        reports[name] = run.report["collections"][name]
+    assert reports["whole"] == reports["batch1"] == reports["batch1000"]
+    assert reports["whole"]["migrated_total"] == 23
+    assert runs["whole"].report is not None and runs["batch1"].report is not None
+    assert (runs["whole"].report["mode"], runs["whole"].report["batch_size"]) == (
+        "whole-collection",
+        None,
+    )
+    assert (runs["batch1"].report["mode"], runs["batch1"].report["batch_size"]) == ("batched", 1)
 
 
 def test_mixed_id_types(db: Database, migrate: CliInvoker) -> None:
@@ -288,7 +309,7 @@ def test_mixed_id_types(db: Database, migrate: CliInvoker) -> None:
         True,
     ]
     db.jobs.insert_many([legacy(i, tasks_status="SUCCESS") for i in ids])
-    run = migrate("jobs", "--batch-size", "2")
+    run = migrate("jobs")
     assert run.exit_code == 0
     assert db.jobs.count_documents({"process_status": "SUCCESS"}) == len(ids)
     assert db.jobs.count_documents({"tasks_status": {"$exists": True}}) == 0
@@ -321,7 +342,7 @@ def test_report_caps_id_lists(db: Database, migrate: CliInvoker) -> None:
     assert invalid["documents_not_listed"] == 20
 
 
-def test_report_is_complete_json(db: Database, migrate: CliInvoker) -> None:
+def test_report_is_complete_json(db: Database, migrate: CliInvoker, mode: str) -> None:
     oid = ObjectId()
     db.jobs.insert_many(
         [
@@ -334,6 +355,7 @@ def test_report_is_complete_json(db: Database, migrate: CliInvoker) -> None:
     assert run.report is not None
     assert run.report["exit_code"] == run.exit_code == 1
     assert run.report["database"] == db.name and run.report["error"] is None
+    assert run.report["mode"] == mode
     stats = run.report["collections"]["jobs"]
     assert stats["scanned"] == 3 and stats["already_migrated"] == 0
     assert stats["invalid"]["documents"][0]["_id"] == {"$oid": str(oid)}
@@ -341,19 +363,67 @@ def test_report_is_complete_json(db: Database, migrate: CliInvoker) -> None:
     assert stats["migrated"] == {"READY": 0, "SUCCESS": 1, "FAILURE": 0}
 
 
-def test_plain_progress_lines_when_not_a_terminal(db: Database, migrate: CliInvoker) -> None:
+def test_plain_progress_lines_when_not_a_terminal(
+    db: Database, migrate: CliInvoker, mode: str
+) -> None:
     db.jobs.insert_many([legacy(i, tasks_status="SUCCESS") for i in range(5)])
     run = migrate("jobs")
-    assert "jobs: scanned 5/5 (100%), migrated 5 - done" in run.stderr
+    if mode == "batched":
+        assert "jobs: scanned 5/5 (100%), migrated 5 - done" in run.stderr
+    else:
+        # One line as each server-side step starts (a step can take minutes), then done.
+        assert "jobs: step 2/4: update success -> SUCCESS (migrated so far 0)" in run.stderr
+        assert "jobs: step 4/4: list in-flight and invalid documents" in run.stderr
+        assert "jobs: 5 documents, migrated 5 - done" in run.stderr
     assert "\x1b[" not in run.stderr  # no terminal control codes in logs
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_progress_bar_on_a_terminal(db: Database, batch_size: int | None) -> None:
+    db.jobs.insert_many([legacy(i, tasks_status="SUCCESS") for i in range(5)])
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, color_system=None, width=120)
+    with _ProgressOutput(console) as progress:
+        progress.start("jobs")
+        result = migrate_collection(
+            db.jobs,
+            dry_run=False,
+            fail_in_flight=False,
+            batch_size=batch_size,
+            on_progress=progress.update,
+        )
+        progress.update(result, done=True)
+    text = screen.getvalue()
+    assert result.migrated_total == 5
+    assert ("4/4 steps" if batch_size is None else "5/5 docs") in text
+    assert "\x1b[" in text  # a live bar, not plain lines
+
+
+def test_document_changed_during_a_whole_collection_run_is_unmatched(db: Database) -> None:
+    """A legacy document appearing after its row's update (a worker still running) is reported."""
+    db.jobs.insert_many([legacy(i, tasks_status="CREATED") for i in range(3)])
+    late = legacy(99, tasks_status="PENDING")
+
+    def worker_writes_after_the_ready_row(result: CollectionResult) -> None:
+        if result.steps_done == 1 and db.jobs.find_one({"_id": 99}) is None:
+            db.jobs.insert_one(copy.deepcopy(late))
+
+    result = migrate_collection(
+        db.jobs, dry_run=False, fail_in_flight=False, on_progress=worker_writes_after_the_ready_row
+    )
+
+    assert result.migrated["READY"] == 3
+    assert (result.unmatched, result.unmatched_ids.items) == (1, [99])
+    assert result.legacy_left == 1  # exit code 1: the operator is told to stop workers, rerun
+    assert db.jobs.find_one({"_id": 99}) == late  # untouched
 
 
 # --- exit code 2 ----------------------------------------------------------------------
 
 
-def test_unreachable_server_is_a_short_clear_error(migrate: CliInvoker) -> None:
+def test_unreachable_server_is_a_short_clear_error(migrate_cli: CliInvoker) -> None:
     port = services.free_port()
-    run = migrate("jobs", "--server-timeout", "0.5", uri=f"mongodb://127.0.0.1:{port}")
+    run = migrate_cli("jobs", "--server-timeout", "0.5", uri=f"mongodb://127.0.0.1:{port}")
     assert run.exit_code == 2
     assert f"cannot reach MongoDB at mongodb://127.0.0.1:{port}" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr) < 600
@@ -370,11 +440,15 @@ def test_bad_uri_and_missing_collection_and_missing_option(
     assert typo.exit_code == 2 and "jbos not found" in typo.stderr and "jobs" in typo.stderr
     no_collection = migrate()
     assert no_collection.exit_code == 2 and "--collection" in no_collection.stderr
+    zero_batch = migrate("jobs", "--batch-size", "0")
+    assert zero_batch.exit_code == 2 and "--batch-size" in zero_batch.stderr
     assert db.jobs.find_one()["tasks_status"] == "SUCCESS"  # none of these wrote anything
 
 
-def test_password_is_not_echoed(migrate: CliInvoker) -> None:
+def test_password_is_not_echoed(migrate_cli: CliInvoker) -> None:
     port = services.free_port()
-    run = migrate("jobs", "--server-timeout", "0.3", uri=f"mongodb://ops:s3cret@127.0.0.1:{port}")
+    run = migrate_cli(
+        "jobs", "--server-timeout", "0.3", uri=f"mongodb://ops:s3cret@127.0.0.1:{port}"
+    )
     assert run.exit_code == 2
     assert "s3cret" not in run.stderr and "ops:***@" in run.stderr
