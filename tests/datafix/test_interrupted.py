@@ -94,8 +94,9 @@ def test_killed_run_then_rerun_equals_one_clean_run(
 
     # The rerun may start while the server still finishes the killed run's last update:
     # both apply the same per-document change, whichever comes first.
-    rerun = migrate("killed", "--fail-in-flight")
-    clean = migrate("clean", "--fail-in-flight")
+    rerun_options = ("--batch-size", "500") if mode == "batched" else ()
+    rerun = migrate("killed", "--fail-in-flight", *rerun_options)
+    clean = migrate("clean", "--fail-in-flight", *rerun_options)
 
     assert collection_state(db.killed) == collection_state(db.clean)
     assert rerun.report is not None and clean.report is not None
