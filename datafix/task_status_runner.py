@@ -36,6 +36,7 @@ from datafix.task_status_mapping import (
     CLASSIFY_PROJECTION,
     IN_FLIGHT_ROW,
     MIGRATION_ROWS,
+    Classification,
     Outcome,
     Row,
     classify,
@@ -257,17 +258,29 @@ def _update_row(coll: Collection, row: Row) -> int:
     return coll.update_many(row_filter(row), row_pipeline(row)).modified_count
 
 
-def _record_left_behind(doc: dict[str, Any], result: CollectionResult) -> None:
-    """Count and list one legacy document that no update wrote."""
-    verdict = classify(doc)
+def _record_skipped(
+    doc: dict[str, Any], verdict: Classification, result: CollectionResult
+) -> bool:
+    """Count and list an invalid or in-flight document; ``False`` for any other verdict."""
     if verdict.outcome is Outcome.INVALID:
         result.invalid += 1
         result.invalid_docs.append({"_id": doc["_id"], "reason": verdict.reason})
-    elif verdict.outcome is Outcome.IN_FLIGHT:
-        # Skipped (without --fail-in-flight; with it, only if it changed under the update).
+        return True
+    if verdict.outcome is Outcome.IN_FLIGHT:
         result.in_flight += 1
         result.in_flight_ids.append(doc["_id"])
-    elif verdict.outcome is Outcome.MIGRATE:
+        return True
+    return False
+
+
+def _record_left_behind(doc: dict[str, Any], result: CollectionResult) -> None:
+    """Count and list one legacy document that no update wrote."""
+    verdict = classify(doc)
+    if _record_skipped(doc, verdict, result):
+        # In flight: skipped (without --fail-in-flight; with it, only if it changed
+        # under the update).
+        return
+    if verdict.outcome is Outcome.MIGRATE:
         # Its row's update ran but did not match it: it changed (or appeared) meanwhile.
         result.unmatched += 1
         result.unmatched_ids.append(doc["_id"])
@@ -319,13 +332,8 @@ def _run_batch(
         verdict = classify(doc)
         if verdict.outcome is Outcome.NOT_LEGACY:
             result.already_migrated += 1
-        elif verdict.outcome is Outcome.INVALID:
-            result.invalid += 1
-            result.invalid_docs.append({"_id": doc["_id"], "reason": verdict.reason})
-        elif verdict.outcome is Outcome.IN_FLIGHT:
-            result.in_flight += 1
-            result.in_flight_ids.append(doc["_id"])
-            if fail_in_flight:
+        elif _record_skipped(doc, verdict, result):
+            if fail_in_flight and verdict.outcome is Outcome.IN_FLIGHT:
                 groups.setdefault(IN_FLIGHT_ROW, []).append(doc["_id"])
         else:
             assert verdict.row is not None
