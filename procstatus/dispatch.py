@@ -1,10 +1,9 @@
-"""The ``@process`` decorator: argument checks, scheduling, publishing, and resolving messages.
+"""The caller's side: ``@process``, argument checks, scheduling and publishing.
 
 Calling a decorated method on a saved :class:`~procstatus.Proc` checks the arguments,
-moves the document to PENDING in one conditional write and publishes the one generic
-task that :func:`procstatus.install` registered. The same module turns a task message
-back into (class, document id, method): only ``@process`` methods of ``Proc``
-subclasses resolve, so a forged message cannot reach anything else.
+moves the document to PENDING in one conditional write and publishes the generic task
+that :func:`procstatus.install` registered. The worker's side of the same messages,
+turning them back into calls, is :mod:`procstatus.messages`.
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-
-from mongoengine.base import get_document
-from mongoengine.errors import NotRegistered
 
 from procstatus import transitions
 from procstatus.errors import NotInstalled, ProcessAlreadyRunning
@@ -60,31 +56,18 @@ class ProcessSpec:
         return float(min(self.retry_backoff * (2 ** retries_done), self.retry_backoff_max))
 
 
-@dataclass(frozen=True)
-class ProcessCall:
-    """A task message resolved to the class, id and method it names."""
-
-    cls: type[Proc]
-    pk: Any
-    spec: ProcessSpec
-    args: list[Any]
-    kwargs: dict[str, Any]
-
-    def describe(self) -> str:
-        return f"{self.cls.__name__}({self.pk}).{self.spec.name}"
-
-
-class MessageRejected(ValueError):
-    """A task message does not name a ``@process`` method of a ``Proc`` subclass."""
-
+_children_sent = 0
+"""How many ``is_child`` calls this process has published (see :func:`children_sent`)."""
 
 _publisher: Task | None = None
+_join_publisher: Task | None = None
 
 
-def set_publisher(task: Task) -> None:
-    """Called by :func:`procstatus.install` with the generic task."""
-    global _publisher
+def set_publisher(task: Task, join_task: Task | None = None) -> None:
+    """Called by :func:`procstatus.install` with the generic run and join tasks."""
+    global _publisher, _join_publisher
     _publisher = task
+    _join_publisher = join_task
 
 
 def process(
@@ -214,6 +197,9 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
         if not transitions.unschedule(collection, proc.pk, task_id, previous):
             logger.error("could not restore %s(%s) after a failed publish", owner, proc.pk)
         raise
+    if spec.is_child:
+        global _children_sent
+        _children_sent += 1
     proc._set_state(
         {
             "process_status": ProcessStatus.PENDING,
@@ -242,12 +228,36 @@ def publish(
     if _publisher is None:
         raise NotInstalled("procstatus.install(celery_app) was not called in this process")
     _publisher.apply_async(
-        args=[cls._class_name, _json_pk(pk), spec.name, args, kwargs],
+        args=[cls._class_name, json_pk(pk), spec.name, args, kwargs],
         task_id=task_id,
         queue=spec.queue,
         soft_time_limit=spec.soft_time_limit,
         time_limit=spec.time_limit,
     )
+
+
+def publish_join(cls: type[Proc], pk: Any, spec: ProcessSpec | None) -> str:
+    """Send a join task for the parent ``cls(pk)``, under its process's queue and limits.
+
+    Whoever sends it, the conditional WAITING_FOR_RESULT → RUNNING write lets one join
+    task per wait run ``join()``. Returns the join task's id.
+    """
+    if _join_publisher is None:
+        raise NotInstalled("procstatus.install(celery_app) was not called in this process")
+    task_id = new_task_id()
+    _join_publisher.apply_async(
+        args=[cls._class_name, json_pk(pk)],
+        task_id=task_id,
+        queue=spec.queue if spec else None,
+        soft_time_limit=spec.soft_time_limit if spec else None,
+        time_limit=spec.time_limit if spec else None,
+    )
+    return task_id
+
+
+def children_sent() -> int:
+    """A counter of child calls published by this process; a join compares two readings."""
+    return _children_sent
 
 
 def revoke(task_id: str, *, terminate: bool) -> None:
@@ -262,44 +272,6 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def _json_pk(pk: Any) -> Any:
+def json_pk(pk: Any) -> Any:
+    """``pk`` as it travels in a message: ints and strings as they are, others as str."""
     return pk if isinstance(pk, (int, str)) and not isinstance(pk, bool) else str(pk)
-
-
-def resolve(args: Sequence[Any], kwargs: dict[str, Any]) -> ProcessCall:
-    """Turn the generic task's arguments back into a :class:`ProcessCall`, or reject them."""
-    from procstatus.document import Proc  # the document module has no Celery dependency
-
-    if kwargs or len(args) != 5:
-        raise MessageRejected(f"expected 5 positional arguments, got {len(args)} and {kwargs!r}")
-    class_name, raw_pk, method, call_args, call_kwargs = args
-    if not isinstance(class_name, str) or not isinstance(method, str):
-        raise MessageRejected("class and method names must be strings")
-    if raw_pk is None:
-        raise MessageRejected(f"missing document id for {class_name}")
-    try:
-        cls = get_document(class_name)
-    except NotRegistered:
-        raise MessageRejected(
-            f"unknown document class {class_name!r}: the worker must import the module "
-            "that defines it (Celery 'imports' or 'include')"
-        ) from None
-    if not (isinstance(cls, type) and issubclass(cls, Proc)) or cls._meta.get("abstract"):
-        raise MessageRejected(f"{class_name!r} is not a concrete Proc subclass")
-    spec = process_spec(cls, method)
-    if spec is None:
-        raise MessageRejected(f"{class_name}.{method} is not a @process method")
-    if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
-        raise MessageRejected("process arguments must be a list and a dict")
-    size = len(json.dumps([call_args, call_kwargs], default=str))
-    if size > MAX_ARGUMENT_BYTES:
-        raise MessageRejected(
-            f"arguments are {size} bytes as JSON, over the {MAX_ARGUMENT_BYTES}-byte limit"
-        )
-    id_field = cls._fields[cls._meta["id_field"]]
-    try:
-        pk = id_field.to_python(raw_pk)
-        id_field.validate(pk)
-    except Exception as exc:
-        raise MessageRejected(f"invalid document id {raw_pk!r} for {class_name}: {exc}") from None
-    return ProcessCall(cls, pk, spec, call_args, call_kwargs)

@@ -83,6 +83,9 @@ class Proc(Document):
     process_arguments = DictField(default=None)
     joining = BooleanField(default=False)
 
+    _run_task_id: str | None = None
+    """Set on the claimed copy inside its run (see ``procstatus.runner.attach``)."""
+
     # --- creation --------------------------------------------------------------------
 
     @classmethod
@@ -153,20 +156,28 @@ class Proc(Document):
     # --- inside a running process ----------------------------------------------------
 
     def set_process_step(self, step: str | None) -> None:
-        """Record what the process is doing now; others see it at once."""
+        """Record what the process is doing now; others see it at once.
+
+        Only the running process's own copy of the document may do this; any other
+        copy, in any process, raises :class:`NotRunning` and writes nothing.
+        """
         if step is not None and not isinstance(step, str):
             raise TypeError(f"process step must be str or None, not {type(step).__name__}")
-        if not transitions.set_step(self._get_collection(), self.pk, self.celery_task_id, step):
+        task_id = self._owned_run("set_process_step")
+        if not transitions.set_step(self._get_collection(), self.pk, task_id, step):
             self._raise_not_running("set_process_step")
         self._set_state({"current_process_step": step})
 
     def warning(self, *messages: str) -> None:
-        """Append warnings to this process's record (the process goes on)."""
+        """Append warnings to this process's record (the process goes on).
+
+        Like :meth:`set_process_step`, only from the running process's own copy.
+        """
         texts = [str(m) for m in messages]
         if not texts:
             return
-        coll = self._get_collection()
-        if not transitions.add_warnings(coll, self.pk, self.celery_task_id, texts):
+        task_id = self._owned_run("warning")
+        if not transitions.add_warnings(self._get_collection(), self.pk, task_id, texts):
             self._raise_not_running("warning")
         self._set_state({"warnings": [*(self.warnings or []), *texts]})
 
@@ -177,25 +188,12 @@ class Proc(Document):
         anyway, the claim fails. A RUNNING process is killed with ``terminate=True``;
         without, it is marked cancelled at once and stops at its next
         ``set_process_step()`` or ``warning()``, and nothing it writes to its status
-        afterwards is kept. A parent in WAITING_FOR_RESULT is not joined.
+        afterwards is kept. A cancelled parent is not joined; a cancelled child's parent
+        is told, and joins once its other children have ended.
         """
-        from procstatus import dispatch  # publishing needs Celery; reading this module does not
+        from procstatus import endings  # revoking needs Celery; reading this module does not
 
-        collection = self._get_collection()
-        state = transitions.read_state(collection, self.pk)
-        if state is None:
-            raise self.DoesNotExist(f"{type(self).__name__}({self.pk}) does not exist")
-        if state.get("process_status") not in {s.value for s in PROCESSING}:
-            self._set_state(state)
-            return False
-        task_id = state.get("celery_task_id")
-        if not transitions.fail_run(collection, self.pk, task_id, "cancelled", PROCESSING):
-            self.reload_status()
-            return False
-        if state.get("process_status") != ProcessStatus.WAITING_FOR_RESULT.value and task_id:
-            dispatch.revoke(task_id, terminate=terminate)
-        self.reload_status()
-        return True
+        return endings.cancel(self, terminate=terminate)
 
     # --- hooks a subclass may override -------------------------------------------------
 
@@ -239,9 +237,19 @@ class Proc(Document):
                 field = self._fields[name]
                 self._data[name] = field.to_python(value) if value is not None else None
 
+    def _owned_run(self, operation: str) -> str:
+        task_id: str | None = getattr(self, "_run_task_id", None)
+        if task_id is None:
+            raise NotRunning(
+                f"{operation}() is only allowed inside the running process, on the copy of "
+                f"{type(self).__name__}({self.pk}) the process method was called on; this "
+                "copy was loaded elsewhere. Nothing was written."
+            )
+        return task_id
+
     def _raise_not_running(self, operation: str) -> None:
         state = transitions.read_state(self._get_collection(), self.pk) or {}
-        other_task = state.get("celery_task_id") not in (None, self.celery_task_id)
+        other_task = state.get("celery_task_id") not in (None, self._run_task_id)
         raise NotRunning(
             f"{operation}() is only allowed inside this object's running process; "
             f"{type(self).__name__}({self.pk}) is "

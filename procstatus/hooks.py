@@ -1,51 +1,70 @@
-"""All Celery wiring: ``install(app)``, the generic tasks, and every signal hook.
+"""All Celery wiring: ``install(app)``, the generic tasks, and the signal receivers.
 
-The path of one task through a worker pool process:
+The path of one message through a worker pool process is one linear task body, in
+rq's shape, inside the body's own try/except (so no receiver can swallow an error):
 
-``task_prerun``   resolve the message and claim the document (PENDING → RUNNING);
-                  a rejected message or a lost claim leaves no claim behind.
-task body         runs the method only when a claim exists, so a failed transition
-                  (which Celery would swallow if a hook raised) never runs user code.
-                  A retryable error moves the document back to PENDING and retries.
-``task_success``  write SUCCESS or WAITING_FOR_RESULT, then start any join.
-``task_failure``  write FAILURE with the error, then start any join. In the worker's
-                  main process (a pool process lost, a hard time limit) there is no
-                  claim: the document is failed — or sent again — by its task id.
+``procstatus.run``   resolve the message → claim (PENDING → RUNNING) → call the method →
+                     finish (SUCCESS / WAITING_FOR_RESULT) | fail (FAILURE, the true
+                     exception type) | retry (back to PENDING, Celery retries).
+                     A claim that fails on a transient MongoDB error is retried (start
+                     attempts are counted apart from the process's own retries); one
+                     that fails otherwise, or runs out of attempts, ends the run.
+``procstatus.join``  a parent's join: :func:`procstatus.join.perform_join`.
 
-The worker's main process also beats for liveness (``procstatus_workers``), so a
-sweeper can tell runs whose whole worker is gone. pymongo is not fork-safe: with
-``mongodb_uri`` every pool process connects after fork and the main process gets a
-lazy connection of its own.
+Receivers remain only where Celery gives no other hook:
+
+- ``task_failure`` in the worker's *main* process, for a pool process that was lost or
+  killed at its hard time limit: the run is ended, or sent again, through
+  :func:`procstatus.endings.end_run`;
+- ``worker_init`` / ``worker_ready`` / ``worker_shutdown``: the liveness heartbeat,
+  written by the main process, and ``worker_process_init``: MongoDB connections.
+
+pymongo is not fork-safe: with ``mongodb_uri`` every pool process connects after fork
+and the main process gets a lazy connection of its own; a connection the app module
+made itself is reopened after fork.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import signal
+from collections.abc import Callable
 from typing import Any
 
 import mongoengine
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import Celery, Task, signals
+from celery.exceptions import Reject
 from celery.worker import state as worker_state
 from mongoengine import DEFAULT_CONNECTION_NAME
-from pymongo.errors import ConnectionFailure
+from mongoengine.connection import ConnectionFailure as NoConnectionDefined
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 
-from procstatus import dispatch, join, liveness, runner, sweeper, transitions
-from procstatus.dispatch import MessageRejected, ProcessCall
-from procstatus.errors import ProcessFailure
+from procstatus import dispatch, endings, join, liveness, messages, runner, sweeper, transitions
+from procstatus.dispatch import ProcessSpec
+from procstatus.endings import RunRef
+from procstatus.errors import NotRunning, ProcessFailure
 from procstatus.liveness import Heartbeat, WorkerIdentity
+from procstatus.messages import MessageRejected, ProcessCall
 from procstatus.status import ProcessStatus
 from procstatus.transitions import WorkerRef
 
 logger = logging.getLogger("procstatus")
 
 TASK_NAME = "procstatus.run"
+JOIN_TASK_NAME = "procstatus.join"
 SWEEP_TASK_NAME = "procstatus.sweep"
-_RUN = "procstatus_run"
-_START_ERROR = "procstatus_start_error"
 START_RETRY_LIMIT = 10
+"""Attempts to claim a run while MongoDB is unreachable, before the run is failed."""
+
+_START_ATTEMPTS = "procstatus_start_attempts"
+_BODY_RETRIES = "procstatus_body_retries"
+_TRANSIENT = (ConnectionFailure, AutoReconnect, NetworkTimeout, runner.ClaimUndecided)
+_PENDING = frozenset({ProcessStatus.PENDING})
+_RUNNING = frozenset({ProcessStatus.RUNNING})
 
 
 def redact(uri: str | None) -> str:
@@ -62,18 +81,20 @@ def worker_ref(hostname: str | None = None) -> WorkerRef:
 
 
 class ProcessHooks:
-    """The signal handlers, connected once per process by :func:`install`."""
+    """The signal receivers, connected once per process by :func:`install`."""
 
     def __init__(self) -> None:
         self.mongodb_uri: str | None = None
         self.mongodb_db: str | None = None
         self.mongodb_alias: str = DEFAULT_CONNECTION_NAME
         self.heartbeat: Heartbeat | None = None
+        self.misconfigured: str | None = None
 
     # --- the worker's processes ------------------------------------------------------
 
     def connect_mongodb(self) -> None:
         if self.mongodb_uri is None:
+            _reopen_after_fork(self.mongodb_alias)
             return
         mongoengine.disconnect(self.mongodb_alias)
         mongoengine.connect(
@@ -83,57 +104,40 @@ class ProcessHooks:
 
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
         WorkerIdentity.begin(getattr(sender, "hostname", None))
-        self.connect_mongodb()
+        if self.mongodb_uri is not None:
+            self.connect_mongodb()
         self.heartbeat = Heartbeat(
             liveness.settings.collection, _active_task_ids, liveness.settings.interval
         )
         # Before the pool starts: no run is ever recorded for an instance without a beat.
-        self.heartbeat.beat_now()
+        try:
+            self.heartbeat.beat_now(raise_missing_connection=True)
+        except NoConnectionDefined as exc:
+            self.misconfigured = (
+                f"procstatus: the worker's main process has no MongoDB connection ({exc}), "
+                "so it cannot write heartbeats and the sweeper would take its runs for lost. "
+                "Pass mongodb_uri=... to procstatus.install(), or call mongoengine.connect("
+                "..., connect=False) when the app module is imported (procstatus reopens it "
+                "after fork); connecting only in worker_process_init is not enough. "
+                "The worker stops now; its queued tasks stay on the broker."
+            )
+            logger.critical(self.misconfigured)
 
     def on_worker_ready(self, **_: Any) -> None:
+        if self.misconfigured is not None:
+            os.kill(os.getpid(), signal.SIGTERM)  # a warm shutdown: nothing is taken or lost
+            return
         if self.heartbeat is not None:
             self.heartbeat.start()
 
     def on_worker_shutdown(self, **_: Any) -> None:
-        if self.heartbeat is not None:
+        if self.heartbeat is not None and self.misconfigured is None:
             self.heartbeat.stop()
 
     def on_worker_process_init(self, **_: Any) -> None:
         self.connect_mongodb()
 
-    # --- one task --------------------------------------------------------------------
-
-    def on_task_prerun(self, task: Task, task_id: str, args: Any, kwargs: Any, **_: Any) -> None:
-        if task.name != TASK_NAME:
-            return
-        request = task.request
-        setattr(request, _RUN, None)
-        setattr(request, _START_ERROR, None)
-        try:
-            call = dispatch.resolve(args or (), kwargs or {})
-        except MessageRejected as exc:
-            logger.error("rejected task %s: %s; nothing runs", task_id, exc)
-            return
-        try:
-            run = runner.claim(call, task_id, worker_ref(request.hostname))
-        except (ConnectionFailure, runner.ClaimUndecided) as exc:
-            logger.warning("cannot start %s yet: %s", call.describe(), exc)
-            setattr(request, _START_ERROR, exc)
-            return
-        except Exception:
-            logger.exception("cannot start %s (task %s)", call.describe(), task_id)
-            return
-        setattr(request, _RUN, run)
-
-    def on_task_success(self, sender: Task, result: Any = None, **_: Any) -> None:
-        run = self._run_of(sender)
-        if run is None:
-            return
-        written = runner.finish(run.proc, result)
-        join.after_finish(
-            run.proc, written, is_child=run.call.spec.is_child, task_id=run.task_id,
-            worker=worker_ref(sender.request.hostname),
-        )
+    # --- the main process's view of a task ---------------------------------------------
 
     def on_task_failure(
         self,
@@ -144,56 +148,56 @@ class ProcessHooks:
         kwargs: Any = None,
         **_: Any,
     ) -> None:
-        if getattr(sender, "name", None) != TASK_NAME:
+        """A failure the task body could not see: its pool process was lost or killed."""
+        if getattr(sender, "name", None) not in (TASK_NAME, JOIN_TASK_NAME):
             return
-        run = self._run_of(sender)
-        if run is not None and run.task_id == task_id:
-            errors = describe_failure(exception, run.call)
-            written = runner.fail(run.proc, exception, errors=errors)
-            if written is None:
-                # Moved meanwhile (e.g. back to PENDING for a retry that never got sent).
-                transitions.fail_run(run.proc._get_collection(), run.proc.pk, task_id, errors[-1])
-            join.after_finish(
-                run.proc, written, is_child=run.call.spec.is_child, task_id=task_id,
-                worker=worker_ref(sender.request.hostname),
-            )
-            return
-        # No claim in this process: the main process reporting a lost pool process or a
-        # hard time limit, or a start that never succeeded.
+        if not isinstance(exception, (WorkerLostError, TimeLimitExceeded)):
+            return  # raised in the task body, which has already ended (or left) the run
         try:
-            call = dispatch.resolve(args or (), kwargs or {})
+            if sender.name == JOIN_TASK_NAME:
+                _end_lost_join(messages.resolve_join(args or (), kwargs or {}), task_id, exception)
+            else:
+                _end_lost_run(messages.resolve(args or (), kwargs or {}), task_id, exception)
         except MessageRejected:
             return
-        if isinstance(exception, WorkerLostError) and call.spec.retry_on_worker_lost:
-            if _send_again(call, task_id, describe_failure(exception, call)[-1]):
-                return
-        self._fail_by_task_id(call, task_id, describe_failure(exception, call)[-1])
-
-    def _fail_by_task_id(self, call: ProcessCall, task_id: str, error: str) -> None:
-        try:
-            failed = transitions.fail_run(call.cls._get_collection(), call.pk, task_id, error)
         except Exception:
-            logger.exception("could not record failure of %s", call.describe())
-            return
-        if failed:
-            logger.error("%s failed: %s", call.describe(), error)
-        if call.spec.is_child:
-            _after_lost_child(call, task_id, error)
-
-    @staticmethod
-    def _run_of(task: Task) -> runner.Run | None:
-        if getattr(task, "name", None) != TASK_NAME:
-            return None
-        return getattr(task.request, _RUN, None)
+            logger.exception("could not record the failure of task %s", task_id)
 
 
-def describe_failure(exc: BaseException, call: ProcessCall) -> list[str]:
+def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> None:
+    error = describe_failure(exception, call.spec)[-1]
+    lost = isinstance(exception, WorkerLostError)
+    endings.end_run(
+        RunRef(call.cls, call.pk, task_id, call.spec.name), error,
+        statuses=endings_statuses(),
+        send_again=call if lost and call.spec.retry_on_worker_lost else None,
+    )
+
+
+def _end_lost_join(call: messages.JoinCall, task_id: str, exception: BaseException) -> None:
+    state = transitions.read_state(call.cls._get_collection(), call.pk)
+    if state is None or state.get("celery_task_id") != task_id:
+        return  # the join never began, so the parent still waits: nothing to end
+    spec = dispatch.process_spec(call.cls, state.get("current_process") or "")
+    error = describe_failure(exception, spec)[-1]
+    endings.end_run(
+        RunRef(call.cls, call.pk, task_id, state.get("current_process")),
+        f"join failed: {error}", statuses=_RUNNING,
+    )
+
+
+def endings_statuses() -> frozenset[ProcessStatus]:
+    # A pool process may die before its claim (PENDING) or during the run (RUNNING).
+    return frozenset({ProcessStatus.PENDING, ProcessStatus.RUNNING})
+
+
+def describe_failure(exc: BaseException, spec: ProcessSpec | None) -> list[str]:
     """The error messages recorded for ``exc``, naming limits and lost workers."""
     if isinstance(exc, SoftTimeLimitExceeded):
-        limit = _seconds(call.spec.soft_time_limit)
+        limit = _seconds(spec.soft_time_limit if spec else None)
         return [f"SoftTimeLimitExceeded: soft time limit{limit} exceeded"]
     if isinstance(exc, TimeLimitExceeded):
-        limit = _seconds(exc.args[0] if exc.args else call.spec.time_limit)
+        limit = _seconds(exc.args[0] if exc.args else (spec.time_limit if spec else None))
         return [f"TimeLimitExceeded: hard time limit{limit} exceeded; the process was killed"]
     if isinstance(exc, WorkerLostError):
         return [f"WorkerLostError: worker lost: {exc}"]
@@ -205,75 +209,146 @@ def _seconds(limit: Any) -> str:
     return f" ({limit:g}s)" if isinstance(limit, (int, float)) else ""
 
 
-def _send_again(call: ProcessCall, task_id: str, reason: str) -> bool:
-    """Re-dispatch an idempotent process whose pool process was lost."""
-    new_id = dispatch.new_task_id()
-    moved = transitions.back_to_pending(
-        call.cls._get_collection(), call.pk, task_id, new_task_id=new_id,
-        message=f"Process {call.spec.name} pending again: {reason}",
-        warning=f"sent again after {reason}",
-    )
-    if not moved:
-        return False
-    try:
-        dispatch.publish(call.cls, call.pk, call.spec, call.args, call.kwargs, new_id)
-    except Exception as exc:
-        transitions.fail_run(
-            call.cls._get_collection(), call.pk, new_id, f"{reason}; could not send again: {exc}"
-        )
-    logger.warning("%s: %s; sent again as task %s", call.describe(), reason, new_id)
-    return True
+def _reopen_after_fork(alias: str) -> None:
+    """Drop a MongoClient inherited through fork; mongoengine reconnects with its settings."""
+    from mongoengine import connection
 
-
-def _after_lost_child(call: ProcessCall, task_id: str, error: str) -> None:
-    """A child lost outside its process may have been running its parent's join."""
-    child = call.cls.objects(pk=call.pk).first()
-    if child is None:
-        return
-    try:
-        parent = child.parent()
-    except Exception:
-        logger.exception("parent() of %s failed", call.describe())
-        return
-    if parent is None:
-        return
-    transitions.fail_run(
-        parent._get_collection(), parent.pk, task_id, f"join lost: {error}",
-        statuses=frozenset({ProcessStatus.RUNNING}),
-    )
-    join.after_finish(child, None, is_child=True, task_id=task_id, worker=worker_ref())
+    if alias in connection._connection_settings:
+        connection._connections.pop(alias, None)
+        connection._dbs.pop(alias, None)
 
 
 def _active_task_ids() -> list[str]:
-    return [r.id for r in list(worker_state.active_requests) if r.name == TASK_NAME]
+    names = (TASK_NAME, JOIN_TASK_NAME)
+    return [r.id for r in list(worker_state.active_requests) if r.name in names]
 
 
-def _run_task(self: Task, *message: Any, **options: Any) -> ProcessStatus | None:
-    """The generic task's body: run the claimed method, if ``task_prerun`` claimed one."""
+def _header(request: Any, name: str) -> int:
+    headers = getattr(request, "headers", None) or {}
+    value = headers.get(name, getattr(request, name, 0))
+    return int(value) if isinstance(value, int) else 0
+
+
+# --- the task bodies ---------------------------------------------------------------
+
+
+def _run_task(self: Task, *message: Any) -> None:
+    """``procstatus.run``: claim → call → finish | fail | retry, in one try."""
     request = self.request
-    run: runner.Run | None = getattr(request, _RUN, None)
-    if run is None:
-        start_error = getattr(request, _START_ERROR, None)
-        if start_error is not None:
-            countdown = getattr(start_error, "countdown", min(2 ** request.retries, 30))
-            raise self.retry(exc=start_error, countdown=countdown, max_retries=START_RETRY_LIMIT)
-        return None
     try:
-        return runner.execute(run)
+        call = messages.resolve(message, {})
+    except MessageRejected as exc:
+        logger.error("rejected task %s: %s; nothing runs", request.id, exc)
+        return
+    ref = RunRef(call.cls, call.pk, request.id, call.spec.name)
+    try:
+        run = runner.claim(call, request.id, worker_ref(request.hostname))
+    except _TRANSIENT as exc:
+        _retry_start(self, ref, exc)
+        return
     except Exception as exc:
-        spec = run.call.spec
-        if spec.autoretry_for and isinstance(exc, spec.autoretry_for):
-            if request.retries < spec.max_retries:
-                countdown = spec.retry_countdown(request.retries)
-                if runner.retry_later(run, exc, request.retries + 1, countdown):
-                    setattr(request, _RUN, None)  # the status is PENDING again, not ours
-                    raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        logger.exception("cannot start %s (task %s)", call.describe(), request.id)
+        endings.end_run(ref, f"could not start: {_text(exc)}", statuses=_PENDING)
+        return
+    if run is None:
+        return
+    try:
+        outcome = runner.execute(run)
+    except Exception as exc:
+        if _should_retry(request, call.spec, exc):
+            _retry_body(self, run, exc)
+            return
+        errors = describe_failure(exc, call.spec)
+        written = _end_in_process(run, functools.partial(runner.fail, run.proc, exc, errors=errors))
+        join.after_run(run.proc, written)
+        if written is None and isinstance(exc, NotRunning):
+            logger.info("%s stopped: its run was ended from outside", run.describe())
+            return
         raise
+    written = _end_in_process(run, functools.partial(runner.finish, run.proc, outcome))
+    join.after_run(run.proc, written)
+    logger.info("%s ended %s", run.describe(), written or "elsewhere")
 
 
-def _sweep_task(self: Task, threshold: float | None = None,
-                pending_timeout: float | None = None) -> dict[str, Any]:
-    return sweeper.sweep(threshold=threshold, pending_timeout=pending_timeout).as_dict()
+def _join_task(self: Task, *message: Any) -> None:
+    """``procstatus.join``: join a waiting parent, exactly once per wait."""
+    request = self.request
+    try:
+        call = messages.resolve_join(message, {})
+    except MessageRejected as exc:
+        logger.error("rejected join task %s: %s; nothing runs", request.id, exc)
+        return
+    join.perform_join(call, request.id, worker_ref(request.hostname))
+
+
+def _end_in_process(
+    run: runner.Run, write: Callable[[], ProcessStatus | None]
+) -> ProcessStatus | None:
+    """Write the run's end; if that write itself fails, end the run from outside instead."""
+    try:
+        return write()
+    except Exception as exc:
+        logger.exception("%s: could not record the end of the run", run.describe())
+        endings.end_run(
+            RunRef(run.call.cls, run.proc.pk, run.task_id, run.call.spec.name),
+            f"could not record the end of the run: {_text(exc)}", statuses=_RUNNING,
+        )
+        return None
+
+
+def _should_retry(request: Any, spec: ProcessSpec, exc: Exception) -> bool:
+    return bool(spec.autoretry_for) and isinstance(exc, spec.autoretry_for) and (
+        _header(request, _BODY_RETRIES) < spec.max_retries
+    )
+
+
+def _retry_body(task: Task, run: runner.Run, exc: Exception) -> None:
+    """The process raised a retryable error: back to PENDING, and Celery sends it again."""
+    request = task.request
+    done = _header(request, _BODY_RETRIES)
+    countdown = run.call.spec.retry_countdown(done)
+    if not runner.retry_later(run, exc, done + 1, countdown):
+        return  # ended from outside meanwhile (cancelled): nothing to retry
+    headers = {_START_ATTEMPTS: _header(request, _START_ATTEMPTS), _BODY_RETRIES: done + 1}
+    _send_retry(task, RunRef(run.call.cls, run.proc.pk, run.task_id, run.call.spec.name),
+                exc, countdown, headers)
+
+
+def _retry_start(task: Task, ref: RunRef, exc: Exception) -> None:
+    """The claim met a transient error: try again later, or end the run after the limit."""
+    request = task.request
+    attempts = _header(request, _START_ATTEMPTS) + 1
+    if attempts >= START_RETRY_LIMIT:
+        logger.error("%s: could not start after %d attempts: %s", ref.describe(), attempts, exc)
+        endings.end_run(
+            ref, f"could not start after {attempts} attempts: {_text(exc)}", statuses=_PENDING
+        )
+        return
+    countdown = float(getattr(exc, "countdown", min(2 ** attempts, 30)))
+    logger.warning("cannot start %s yet (attempt %d): %s", ref.describe(), attempts, exc)
+    headers = {_START_ATTEMPTS: attempts, _BODY_RETRIES: _header(request, _BODY_RETRIES)}
+    _send_retry(task, ref, exc, countdown, headers)
+
+
+def _send_retry(
+    task: Task, ref: RunRef, exc: Exception, countdown: float, headers: dict[str, int]
+) -> None:
+    try:
+        raise task.retry(exc=exc, countdown=countdown, headers=headers)
+    except Reject as rejected:  # Celery could not publish the retry: no message is left
+        endings.end_run(
+            ref, f"{_text(exc)}; the retry could not be sent: {rejected.reason}",
+            statuses=_PENDING,
+        )
+
+
+def _text(exc: BaseException) -> str:
+    return runner.failure_messages(exc)[-1]
+
+
+def _sweep_task(self: Task, **options: Any) -> dict[str, Any]:
+    """``procstatus.sweep``: one sweep; keyword options as :func:`procstatus.sweep` takes."""
+    return sweeper.sweep(**options).as_dict()
 
 
 _hooks = ProcessHooks()
@@ -282,8 +357,6 @@ _CONNECTIONS = (
     ("worker_ready", "on_worker_ready"),
     ("worker_shutdown", "on_worker_shutdown"),
     ("worker_process_init", "on_worker_process_init"),
-    ("task_prerun", "on_task_prerun"),
-    ("task_success", "on_task_success"),
     ("task_failure", "on_task_failure"),
 )
 
@@ -316,19 +389,21 @@ def install(
     # A marker on the app, not app.tasks: reading app.tasks would finalize the app early.
     task: Task | None = getattr(celery_app, "_procstatus_task", None)
     if task is None:
-        task = celery_app.task(
-            name=TASK_NAME,
-            bind=True,
-            ignore_result=True,
-            serializer="json",
-            throws=(ProcessFailure,),
-            typing=False,
-        )(_run_task)
+        options: dict[str, Any] = {
+            "bind": True,
+            "ignore_result": True,
+            "serializer": "json",
+            "typing": False,
+            "max_retries": None,  # procstatus counts start attempts and retries itself
+        }
+        task = celery_app.task(name=TASK_NAME, throws=(ProcessFailure,), **options)(_run_task)
+        join_task = celery_app.task(name=JOIN_TASK_NAME, **options)(_join_task)
         celery_app.task(name=SWEEP_TASK_NAME, bind=True, serializer="json")(_sweep_task)
         celery_app._procstatus_task = task  # type: ignore[attr-defined]
+        celery_app._procstatus_join_task = join_task  # type: ignore[attr-defined]
     for signal_name, method_name in _CONNECTIONS:
         getattr(signals, signal_name).connect(
             getattr(_hooks, method_name), weak=False, dispatch_uid=f"procstatus.{method_name}"
         )
-    dispatch.set_publisher(task)
+    dispatch.set_publisher(task, celery_app._procstatus_join_task)  # type: ignore[attr-defined]
     return task

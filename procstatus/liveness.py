@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mongoengine import DEFAULT_CONNECTION_NAME
+from mongoengine.connection import ConnectionFailure as NoConnectionDefined
 from mongoengine.connection import get_db
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -135,9 +136,13 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def beat_now(self, *, stopped: bool = False) -> None:
+    def beat_now(self, *, stopped: bool = False, raise_missing_connection: bool = False) -> None:
         try:
             beat(self._collection(), self._active(), stopped=stopped)
+        except NoConnectionDefined:
+            if raise_missing_connection:
+                raise
+            logger.error("procstatus heartbeat failed: no MongoDB connection is defined")
         except Exception as exc:  # an outage must not kill the thread; the next beat retries
             logger.warning("procstatus heartbeat failed: %s", exc)
 
@@ -165,33 +170,59 @@ def lost_reason(
     threshold: float,
     now: datetime | None = None,
     check_active: bool = False,
+    orphan_after: float | None = None,
 ) -> str | None:
     """Why the RUNNING run described by ``state`` is lost, or ``None`` if it may be alive.
 
     Lost means: its worker instance has no heartbeat, stopped, or has not beaten for
     ``threshold`` seconds. With ``check_active``, also when its worker beat after the run
-    started and no longer lists the task (the pool process died, the worker lives on).
+    began and does not list the task; with ``orphan_after``, only once the worker beat
+    more than that many seconds after the run began (a beat taken just before the
+    claim may not list it yet) — the sweeper's "orphaned run" on a live worker.
     """
     now = now or _utcnow()
     instance = state.get("worker_instance")
     hostname = state.get("worker_hostname") or "an unknown worker"
-    started = _aware(state.get("start_time")) or now
+    began = _aware(state.get("status_changed_at") or state.get("start_time")) or now
     worker = beats.get(instance) if instance else None
     if worker is None:
-        if now - started < timedelta(seconds=threshold):
+        if now - began < timedelta(seconds=threshold):
             return None  # give a worker that has not beaten yet its threshold
         return f"worker lost: no heartbeat from {hostname}"
-    if worker.stopped:
-        return f"worker lost: {hostname} stopped while the process ran"
     if now - worker.heartbeat_at > timedelta(seconds=threshold):
         return (
             f"worker lost: no heartbeat from {hostname} for "
             f"{(now - worker.heartbeat_at).total_seconds():.0f} s"
         )
+    if worker.stopped:
+        return f"worker lost: {hostname} stopped while the process ran"
     task_id = state.get("celery_task_id")
-    if check_active and worker.heartbeat_at > started and task_id not in worker.active:
-        return f"worker lost: {hostname} no longer runs task {state.get('celery_task_id')}"
+    if task_id in worker.active:
+        return None
+    if orphan_after is not None and worker.heartbeat_at - began > timedelta(seconds=orphan_after):
+        return f"orphaned: {hostname} is alive but no longer runs task {task_id}"
+    if check_active and worker.heartbeat_at > began:
+        return f"worker lost: {hostname} no longer runs task {task_id}"
     return None
+
+
+def mark_gone(
+    collection: Collection, *, threshold: float, prune_after: float, now: datetime | None = None
+) -> int:
+    """Mark heartbeats silent past ``threshold`` as stopped; delete those past ``prune_after``.
+
+    A deleted heartbeat still judges right: a run naming an unknown instance is lost.
+    Returns how many heartbeats were newly marked stopped.
+    """
+    now = now or _utcnow()
+    marked = collection.update_many(
+        {"stopped": {"$ne": True}, "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)}},
+        {"$set": {"stopped": True, "gone_at": now}},
+    ).modified_count
+    collection.delete_many(
+        {"stopped": True, "heartbeat_at": {"$lt": now - timedelta(seconds=prune_after)}}
+    )
+    return int(marked)
 
 
 def pid_alive(pid: int | None) -> bool:

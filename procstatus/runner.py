@@ -1,8 +1,12 @@
 """One run on a worker: claim the document, call the method, run the user's hooks, write the end.
 
-The Celery hooks in :mod:`procstatus.hooks` call these functions at the matching
-signals; :mod:`procstatus.join` calls :func:`finish` for a parent's ``join()``. No
-Celery here, so a run can be driven and tested without a broker.
+The generic tasks in :mod:`procstatus.hooks` call these in one linear body —
+``claim → execute → finish | fail | retry_later`` — inside the task's own try/except,
+so no Celery receiver can swallow an error; :mod:`procstatus.join` calls
+:func:`finish` and :func:`fail` for a parent's ``join()``. The claimed copy of the
+document carries the run's task id (:func:`attach`): only that copy, in that process,
+may set the step or add warnings. No Celery here, so a run can be driven and tested
+without a broker.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from procstatus import liveness, transitions
-from procstatus.dispatch import ProcessCall
 from procstatus.document import Proc
 from procstatus.errors import ProcessFailure
-from procstatus.status import ProcessStatus
+from procstatus.messages import ProcessCall
+from procstatus.status import COMPLETED, ProcessStatus
 
 logger = logging.getLogger("procstatus")
 
@@ -59,12 +63,23 @@ def claim(call: ProcessCall, task_id: str, worker: transitions.WorkerRef) -> Run
         elif state.get("process_status") == ProcessStatus.RUNNING.value:
             document = _reclaim_if_lost(call, task_id, state, worker)
             reason = "its first delivery is still running (duplicate delivery)"
+        elif state.get("process_status") in {s.value for s in COMPLETED}:
+            reason = (
+                f"this run already ended, {state.get('process_status')}: "
+                f"{state.get('last_status_message')} (a duplicate or late delivery)"
+            )
         else:
-            reason = f"it is already {state.get('process_status')} (duplicate delivery)"
+            reason = f"it is {state.get('process_status')}"
         if document is None:
             logger.warning("not running %s (task %s): %s", call.describe(), task_id, reason)
             return None
-    return Run(call, call.cls._from_son(document), task_id)
+    return Run(call, attach(call.cls._from_son(document), task_id), task_id)
+
+
+def attach(proc: Proc, task_id: str) -> Proc:
+    """Mark ``proc`` as the claimed copy of the run ``task_id``: it alone may write its step."""
+    proc._run_task_id = task_id
+    return proc
 
 
 def _reclaim_if_lost(
@@ -154,7 +169,7 @@ def fail(
     except Exception as hook_exc:
         logger.exception("on_fail hook of %s(%s) failed", type(proc).__name__, proc.pk)
         errors.append(f"on_fail hook failed: {type(hook_exc).__name__}: {hook_exc}")
-    message = f"Process {proc.current_process} failed: {errors[-1]}"
+    message = f"Process {proc.current_process} failed: {'; '.join(errors)}"
     return _write(proc, ProcessStatus.FAILURE, message, errors)
 
 

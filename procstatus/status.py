@@ -51,22 +51,47 @@ PROCESSING: frozenset[ProcessStatus] = frozenset(
     {ProcessStatus.PENDING, ProcessStatus.RUNNING, ProcessStatus.WAITING_FOR_RESULT}
 )
 COMPLETED: frozenset[ProcessStatus] = frozenset({ProcessStatus.SUCCESS, ProcessStatus.FAILURE})
+PENDING_OR_RUNNING: frozenset[ProcessStatus] = frozenset(
+    {ProcessStatus.PENDING, ProcessStatus.RUNNING}
+)
 SCHEDULABLE: frozenset[ProcessStatus] = frozenset({ProcessStatus.READY}) | COMPLETED
 """States from which a process method may be called."""
 
+_S = ProcessStatus
+
 LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
-    ProcessStatus.READY: frozenset({ProcessStatus.PENDING}),
-    ProcessStatus.PENDING: frozenset(
-        # READY/SUCCESS/FAILURE: the publish failed and the previous state is restored.
-        {ProcessStatus.RUNNING, ProcessStatus.FAILURE} | SCHEDULABLE
+    # schedule: a call.
+    _S.READY: frozenset({_S.PENDING}),
+    _S.PENDING: frozenset(
+        {
+            _S.RUNNING,  # start: a worker claims the run
+            _S.FAILURE,  # end_from_outside: cancel, never started, could not start or resend
+            # unschedule: the publish failed and the state before the call is restored.
+            *SCHEDULABLE,
+        }
     ),
-    ProcessStatus.RUNNING: frozenset(
-        {ProcessStatus.SUCCESS, ProcessStatus.FAILURE, ProcessStatus.WAITING_FOR_RESULT}
+    _S.RUNNING: frozenset(
+        {
+            _S.SUCCESS,  # complete
+            _S.FAILURE,  # complete, or end_from_outside (lost worker, orphaned, cancel)
+            _S.WAITING_FOR_RESULT,  # complete: the process waits for its children
+            _S.PENDING,  # back_to_pending: a retry, or sent again after a lost worker
+            _S.RUNNING,  # reclaim: a redelivered task takes over a run known to be lost
+        }
     ),
-    ProcessStatus.WAITING_FOR_RESULT: frozenset({ProcessStatus.RUNNING, ProcessStatus.FAILURE}),
-    ProcessStatus.SUCCESS: frozenset({ProcessStatus.PENDING}),
-    ProcessStatus.FAILURE: frozenset({ProcessStatus.PENDING}),
+    _S.WAITING_FOR_RESULT: frozenset(
+        {
+            _S.RUNNING,  # begin_join: exactly one join task wins
+            _S.FAILURE,  # end_from_outside: cancel
+        }
+    ),
+    # schedule: a new call after the last one ended.
+    _S.SUCCESS: frozenset({_S.PENDING}),
+    _S.FAILURE: frozenset({_S.PENDING}),
 }
+"""Every move the state machine makes, and no other: each write in
+:mod:`procstatus.transitions` declares its edges, and a test checks that the declared
+edges are exactly these."""
 
 
 def is_legal(current: ProcessStatus, new: ProcessStatus) -> bool:

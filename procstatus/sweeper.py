@@ -1,16 +1,30 @@
-"""The sweeper: ends the runs no hook could end, because their whole worker is gone.
+"""The sweeper: the backstop that ends, resends or joins every run no other path could.
 
-A worker killed outright (SIGKILL, a lost machine) fires no signal. Its heartbeat in
-``procstatus_workers`` stops instead, and :func:`sweep` fails every RUNNING document
-whose worker has been silent for longer than the threshold — or sends it again when its
-process is marked ``@process(retry_on_worker_lost=True)``. Runs on live workers are never
-touched. Run it from Celery beat (the ``procstatus.sweep`` task), from cron, or call it.
+Run it from Celery beat (the ``procstatus.sweep`` task), from cron, or call
+:func:`sweep`. Each pass, by indexed queries on ``process_status``:
+
+- **RUNNING** runs whose worker is gone (no heartbeat past the threshold, or stopped)
+  are failed — or sent again when the process is ``retry_on_worker_lost``;
+- **RUNNING** runs whose worker still beats but has not listed the task for longer than
+  the threshold (the pool process died and no ``task_failure`` came, the end could not
+  be written) are failed as *orphaned*;
+- **WAITING_FOR_RESULT** parents with no processing child get their join task sent
+  (a notification lost to a crash is made up for);
+- **PENDING** runs no worker started within ``pending_timeout`` (their message is gone)
+  are failed;
+- heartbeats silent past the threshold are marked stopped, and pruned after a day.
+
+Every ending goes through :func:`procstatus.endings.end_run`, which also tells the
+parent; every action is logged and counted in :class:`SweepReport`. The sweeper never
+runs ``join()`` itself, so a slow join cannot block the process that sweeps.
+
+Limits: a worker's clock and the sweeper's must agree to within the threshold; a
+PENDING run waits ``pending_timeout`` before it is judged, since a queue may be long.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -19,16 +33,25 @@ from typing import Any
 from mongoengine.base import _document_registry
 from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
 
-from procstatus import dispatch, join, liveness, transitions
+from procstatus import endings, join, liveness
 from procstatus.document import Proc
+from procstatus.endings import RunRef
+from procstatus.messages import ProcessCall
 from procstatus.status import ProcessStatus
 
 logger = logging.getLogger("procstatus")
 
+DEFAULT_PENDING_TIMEOUT = 6 * 3600.0
+"""Seconds a run may stay PENDING before the sweeper takes its message for lost."""
+PRUNE_HEARTBEATS_AFTER = 24 * 3600.0
+"""Seconds after its last beat that a stopped worker's heartbeat document is deleted."""
+
 _RUN_FIELDS = {
     "current_process": 1, "celery_task_id": 1, "worker_instance": 1, "worker_hostname": 1,
-    "start_time": 1, "process_arguments": 1, "joining": 1,
+    "start_time": 1, "status_changed_at": 1, "process_arguments": 1, "joining": 1,
 }
+_RUNNING = frozenset({ProcessStatus.RUNNING})
+_PENDING = frozenset({ProcessStatus.PENDING})
 
 
 @dataclass
@@ -36,12 +59,25 @@ class SweepReport:
     """What one sweep did, by document (``Class(pk)``)."""
 
     checked: int = 0
+    """RUNNING runs looked at."""
     failed: list[str] = field(default_factory=list)
+    """Runs failed because their worker is gone or no longer runs them."""
+    orphaned: list[str] = field(default_factory=list)
+    """Of ``failed``, those whose worker is alive but had dropped the task."""
     sent_again: list[str] = field(default_factory=list)
+    """``retry_on_worker_lost`` runs sent again under a new task id."""
     never_started: list[str] = field(default_factory=list)
+    """PENDING runs failed after ``pending_timeout``."""
+    joins_sent: list[str] = field(default_factory=list)
+    """Waiting parents with no processing child whose join task was sent."""
+    workers_gone: int = 0
+    """Heartbeats newly marked stopped."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def acted(self) -> bool:
+        return bool(self.failed or self.sent_again or self.never_started or self.joins_sent)
 
 
 def proc_classes() -> list[type[Proc]]:
@@ -56,16 +92,17 @@ def proc_classes() -> list[type[Proc]]:
 def sweep(
     *,
     threshold: float | None = None,
-    pending_timeout: float | None = None,
+    pending_timeout: float | None = DEFAULT_PENDING_TIMEOUT,
     classes: Iterable[type[Proc]] | None = None,
 ) -> SweepReport:
-    """Fail (or send again) every RUNNING run whose worker has been silent past ``threshold``.
+    """One pass of the backstop; see the module's docstring for what it finds.
 
-    ``pending_timeout`` (off by default; a queue may legitimately be long) also fails
-    PENDING documents that no worker started within that many seconds.
+    ``threshold`` defaults to the heartbeat threshold given to ``install()``;
+    ``pending_timeout=None`` leaves PENDING runs alone.
     """
     threshold = threshold if threshold is not None else liveness.settings.threshold
-    beats = liveness.read_beats(liveness.settings.collection())
+    workers = liveness.settings.collection()
+    beats = liveness.read_beats(workers)
     now = datetime.now(timezone.utc)
     report = SweepReport()
     for cls in classes if classes is not None else proc_classes():
@@ -75,66 +112,66 @@ def sweep(
             # A class whose connection this process never opened: not ours to sweep.
             logger.debug("procstatus sweep skips %s: %s", cls.__name__, exc)
             continue
-        running = collection.find({"process_status": ProcessStatus.RUNNING.value}, _RUN_FIELDS)
-        for state in running:
+        for state in collection.find({"process_status": ProcessStatus.RUNNING.value}, _RUN_FIELDS):
             report.checked += 1
-            reason = liveness.lost_reason(state, beats, threshold=threshold, now=now)
+            reason = liveness.lost_reason(
+                state, beats, threshold=threshold, now=now, orphan_after=threshold
+            )
             if reason is not None:
-                _resolve_lost(cls, state, reason, report)
+                _end_lost(cls, state, reason, report)
+        settled = now - timedelta(seconds=threshold)  # a fresh wait sends its own join
+        for state in collection.find(
+            {
+                "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
+                "status_changed_at": {"$lt": settled},
+            },
+            {"_id": 1},
+        ):
+            _join_if_ready(cls, state["_id"], report)
         if pending_timeout is not None:
             _fail_never_started(cls, now - timedelta(seconds=pending_timeout), report)
-    if report.failed or report.sent_again or report.never_started:
+    report.workers_gone = liveness.mark_gone(
+        workers, threshold=threshold, prune_after=PRUNE_HEARTBEATS_AFTER, now=now
+    )
+    if report.acted():
         logger.warning("procstatus sweep: %s", report.as_dict())
     return report
 
 
-def _resolve_lost(cls: type[Proc], state: dict, reason: str, report: SweepReport) -> None:
+def _end_lost(cls: type[Proc], state: dict, reason: str, report: SweepReport) -> None:
     label = f"{cls.__name__}({state['_id']})"
-    spec = dispatch.process_spec(cls, state.get("current_process") or "")
-    arguments = state.get("process_arguments") or {}
-    if spec is not None and spec.retry_on_worker_lost and not state.get("joining"):
-        new_id = dispatch.new_task_id()
-        if transitions.back_to_pending(
-            cls._get_collection(), state["_id"], state["celery_task_id"], new_task_id=new_id,
-            message=f"Process {spec.name} pending again: {reason}",
-            warning=f"sent again after {reason}",
-        ):
-            try:
-                dispatch.publish(
-                    cls, state["_id"], spec, list(arguments.get("args") or []),
-                    dict(arguments.get("kwargs") or {}), new_id,
-                )
-                report.sent_again.append(label)
-            except Exception as exc:
-                transitions.fail_run(
-                    cls._get_collection(), state["_id"], new_id,
-                    f"{reason}; could not send again: {exc}",
-                )
-                report.failed.append(label)
-        return
-    if transitions.fail_run(
-        cls._get_collection(), state["_id"], state.get("celery_task_id"), reason,
-        statuses=frozenset({ProcessStatus.RUNNING}),
-    ):
+    call = ProcessCall.from_state(cls, state)
+    resend = call is not None and call.spec.retry_on_worker_lost and not state.get("joining")
+    run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
+    if state.get("joining"):
+        reason = f"join lost: {reason}"
+    ended = endings.end_run(run, reason, statuses=_RUNNING, send_again=call if resend else None)
+    if ended == endings.SENT_AGAIN:
+        report.sent_again.append(label)
+    elif ended == endings.FAILED:
         report.failed.append(label)
-        if spec is not None and spec.is_child:
-            child = cls.objects(pk=state["_id"]).first()
-            if child is not None:
-                join.after_finish(
-                    child, None, is_child=True, task_id=None,
-                    worker=transitions.WorkerRef(hostname=f"sweeper@{socket.gethostname()}"),
-                )
+        if reason.startswith(("orphaned", "join lost: orphaned")):
+            report.orphaned.append(label)
+
+
+def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport) -> None:
+    parent = cls.objects(pk=pk).first()
+    if parent is None:
+        return
+    try:
+        if join.join_if_ready(parent):
+            report.joins_sent.append(f"{cls.__name__}({pk})")
+    except Exception:
+        logger.exception("procstatus sweep could not send the join of %s(%s)", cls.__name__, pk)
 
 
 def _fail_never_started(cls: type[Proc], before: datetime, report: SweepReport) -> None:
     stale = cls._get_collection().find(
         {"process_status": ProcessStatus.PENDING.value, "status_changed_at": {"$lt": before}},
-        {"celery_task_id": 1},
+        {"celery_task_id": 1, "current_process": 1},
     )
     for state in stale:
-        if transitions.fail_run(
-            cls._get_collection(), state["_id"], state.get("celery_task_id"),
-            "never started: no worker took the task in time",
-            statuses=frozenset({ProcessStatus.PENDING}),
-        ):
+        run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
+        error = "never started: no worker took the task in time"
+        if endings.end_run(run, error, statuses=_PENDING) == endings.FAILED:
             report.never_started.append(f"{cls.__name__}({state['_id']})")

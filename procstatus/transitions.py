@@ -5,20 +5,31 @@ once a task exists, that task's id), so a stale, duplicated or late event matche
 and changes nothing; the return value says whether the write won. Nothing here upserts:
 a document deleted meanwhile stays deleted.
 
+Each write declares the edges of :data:`procstatus.status.LEGAL_TRANSITIONS` it performs
+(:func:`performs`); its filter accepts only those edges' source states, so the table is
+enforced by the writes themselves and a test checks that both say the same.
+
 This module knows collections and primary keys, not Documents, and imports no Celery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
-from procstatus.status import COMPLETED, SCHEDULABLE, ProcessStatus, values
+from procstatus.status import (
+    COMPLETED,
+    LEGAL_TRANSITIONS,
+    PROCESSING,
+    SCHEDULABLE,
+    ProcessStatus,
+    values,
+)
 
 STATE_FIELDS: tuple[str, ...] = (
     "process_status",
@@ -44,10 +55,32 @@ _SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
 _PROJECTION = {name: 1 for name in STATE_FIELDS}
 
 
+_S = ProcessStatus
+Edge = tuple[ProcessStatus, ProcessStatus]
+F = TypeVar("F", bound=Callable[..., Any])
+
+EDGES_BY_WRITE: dict[str, frozenset[Edge]] = {}
+"""The status edges each write function performs, by function name."""
+
+
+def performs(*edges: Edge) -> Callable[[F], F]:
+    """Declare the status edges a write performs; an edge the table lacks fails at import."""
+    illegal = [f"{a}→{b}" for a, b in edges if b not in LEGAL_TRANSITIONS[a]]
+    if illegal:
+        raise AssertionError(f"not in LEGAL_TRANSITIONS: {', '.join(illegal)}")
+
+    def register(function: F) -> F:
+        EDGES_BY_WRITE[function.__name__] = frozenset(edges)
+        return function
+
+    return register
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@performs((_S.READY, _S.PENDING), (_S.SUCCESS, _S.PENDING), (_S.FAILURE, _S.PENDING))
 def schedule(
     collection: Collection,
     pk: Any,
@@ -87,6 +120,7 @@ def schedule(
     )
 
 
+@performs((_S.PENDING, _S.READY), (_S.PENDING, _S.SUCCESS), (_S.PENDING, _S.FAILURE))
 def unschedule(
     collection: Collection, pk: Any, task_id: str, previous: Mapping[str, Any]
 ) -> bool:
@@ -103,6 +137,7 @@ def unschedule(
     return result.modified_count == 1
 
 
+@performs((_S.PENDING, _S.RUNNING))
 def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> dict | None:
     """PENDING → RUNNING for exactly this task; returns the whole document after the write.
 
@@ -124,6 +159,7 @@ def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> d
     )
 
 
+@performs((_S.RUNNING, _S.RUNNING))
 def reclaim(
     collection: Collection,
     pk: Any,
@@ -159,6 +195,7 @@ def reclaim(
     )
 
 
+@performs((_S.RUNNING, _S.PENDING))
 def back_to_pending(
     collection: Collection,
     pk: Any,
@@ -188,6 +225,9 @@ def back_to_pending(
     return result.modified_count == 1
 
 
+@performs(
+    (_S.RUNNING, _S.SUCCESS), (_S.RUNNING, _S.FAILURE), (_S.RUNNING, _S.WAITING_FOR_RESULT)
+)
 def complete(
     collection: Collection,
     pk: Any,
@@ -219,31 +259,37 @@ def complete(
     return result.modified_count == 1
 
 
+@performs(
+    (_S.PENDING, _S.FAILURE), (_S.RUNNING, _S.FAILURE), (_S.WAITING_FOR_RESULT, _S.FAILURE)
+)
 def fail_run(
     collection: Collection,
     pk: Any,
     task_id: str | None,
+    process: str | None,
     error: str,
-    statuses: frozenset[ProcessStatus] = frozenset(
-        {ProcessStatus.PENDING, ProcessStatus.RUNNING}
-    ),
+    statuses: frozenset[ProcessStatus] = PROCESSING,
 ) -> bool:
-    """PENDING/RUNNING (or ``statuses``) → FAILURE for the run of ``task_id``, from outside it.
+    """PENDING/RUNNING/WAITING_FOR_RESULT (or ``statuses``) → FAILURE, from outside the run.
 
-    Used where the process's own hooks could not run: the task never started, its
-    worker was lost, it was cancelled.
+    Conditional on the run's task id and process, so only the run that was meant ends.
+    Used by :mod:`procstatus.endings` alone: cancel, the sweeper, a lost pool process,
+    a start or a resend that could not happen.
     """
+    if not statuses <= PROCESSING:
+        raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
     moment = now()
     result = collection.update_one(
         {
             "_id": pk,
             "process_status": {"$in": values(statuses)},
             "celery_task_id": task_id,
+            "current_process": process,
         },
         {
             "$set": {
                 "process_status": ProcessStatus.FAILURE.value,
-                "last_status_message": f"Process failed: {error}",
+                "last_status_message": f"Process {process} failed: {error}",
                 "complete_time": moment,
                 "status_changed_at": moment,
             },
@@ -253,13 +299,14 @@ def fail_run(
     return result.modified_count == 1
 
 
+@performs((_S.WAITING_FOR_RESULT, _S.RUNNING))
 def begin_join(
     collection: Collection, pk: Any, task_id: str | None, worker: WorkerRef
 ) -> dict | None:
-    """WAITING_FOR_RESULT → RUNNING, won by exactly one caller; returns the document after.
+    """WAITING_FOR_RESULT → RUNNING, won by exactly one join task; returns the document after.
 
-    The join runs inside the task that won it (a child's), so ``celery_task_id`` and the
-    worker fields name that task: the liveness checks then see who runs the join.
+    ``celery_task_id`` and the worker fields then name the join task, so the liveness
+    checks see who runs the join, and a second join task for the same wait loses.
     """
     moment = now()
     return collection.find_one_and_update(

@@ -14,7 +14,8 @@ def start(coll, pk, task_id, hostname):
 
 
 def fail_unclaimed(coll, pk, task_id, error):
-    return transitions.fail_run(coll, pk, task_id, error)
+    process = (transitions.read_state(coll, pk) or {}).get("current_process")
+    return transitions.fail_run(coll, pk, task_id, process, error)
 
 
 def begin_join(coll, pk, task_id=None, hostname=None):

@@ -11,14 +11,8 @@ from bson import ObjectId
 import procstatus
 import procstatus.dispatch
 from procstatus import ProcessStatus, transitions
-from procstatus.dispatch import (
-    MAX_ARGUMENT_BYTES,
-    MessageRejected,
-    ProcessCall,
-    check_arguments,
-    process_spec,
-    resolve,
-)
+from procstatus.dispatch import MAX_ARGUMENT_BYTES, check_arguments, process_spec
+from procstatus.messages import MessageRejected, ProcessCall, resolve
 from tests.unit import compat
 from tests.unit.fakes import FakePublisher
 from tests.unit.models import UnitAbstractProc, UnitHooks, UnitJob, UnitPlainDocument

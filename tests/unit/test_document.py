@@ -10,7 +10,7 @@ import pytest
 from bson import ObjectId
 
 import procstatus
-from procstatus import Proc, ProcessStatus, transitions
+from procstatus import Proc, ProcessStatus, runner, transitions
 from tests.unit import compat
 from tests.unit.models import UnitIndexed, UnitJob
 
@@ -30,6 +30,7 @@ def make_running(job, process="noop", task_id=None):
     assert transitions.schedule(coll, job.pk, process, task_id) is not None
     assert compat.start(coll, job.pk, task_id, "unit-host") is not None
     job.reload()
+    runner.attach(job, task_id)  # the claimed copy, as a worker's claim makes it
     return task_id
 
 
@@ -173,15 +174,29 @@ def test_setting_a_status_field_to_its_current_value_is_not_a_change():
 
 def test_set_process_step_outside_a_running_process_raises_not_running():
     job = UnitJob.create(name="n")
-    with pytest.raises(procstatus.NotRunning, match=r"set_process_step\(\).*is READY\.$"):
+    with pytest.raises(procstatus.NotRunning, match=r"set_process_step\(\).*loaded elsewhere"):
         job.set_process_step("x")
     assert "current_process_step" not in raw(job)
 
 
+def test_a_copy_loaded_while_the_process_runs_may_not_write_its_step_or_warnings():
+    job = UnitJob.create(name="n")
+    make_running(job)
+    other_copy = UnitJob.objects.get(pk=job.pk)
+    assert other_copy.process_status is S.RUNNING
+    with pytest.raises(procstatus.NotRunning, match="loaded elsewhere. Nothing was written"):
+        other_copy.set_process_step("x")
+    with pytest.raises(procstatus.NotRunning, match="loaded elsewhere"):
+        other_copy.warning("w")
+    assert raw(job)["current_process_step"] is None and raw(job)["warnings"] == []
+
+
 def test_set_process_step_for_another_tasks_run_names_it():
     job = UnitJob.create(name="n")
-    make_running(UnitJob.objects.get(pk=job.pk), task_id="t-other")
-    # ``job`` is an old copy: its celery_task_id is not the running one.
+    make_running(job, task_id="t-old")
+    coll = job._get_collection()
+    assert compat.fail_unclaimed(coll, job.pk, "t-old", "cancelled")
+    make_running(UnitJob.objects.get(pk=job.pk), task_id="t-other")  # called again
     with pytest.raises(procstatus.NotRunning, match="is RUNNING for another task"):
         job.set_process_step("x")
     assert raw(job)["current_process_step"] is None
@@ -189,6 +204,7 @@ def test_set_process_step_for_another_tasks_run_names_it():
 
 def test_set_process_step_on_deleted_document_says_deleted():
     job = UnitJob.create(name="n")
+    make_running(job)
     job.delete()
     with pytest.raises(procstatus.NotRunning, match="is deleted"):
         job.set_process_step("x")
@@ -224,7 +240,7 @@ def test_set_process_step_and_warning_while_running():
 
 def test_warning_outside_a_running_process_raises_not_running():
     job = UnitJob.create(name="n")
-    with pytest.raises(procstatus.NotRunning, match=r"warning\(\).*is READY"):
+    with pytest.raises(procstatus.NotRunning, match=r"warning\(\).*loaded elsewhere"):
         job.warning("w")
     assert raw(job)["warnings"] == []
 

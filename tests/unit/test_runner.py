@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 
 from procstatus import ProcessFailure, ProcessStatus, runner, transitions
-from procstatus.dispatch import resolve
+from procstatus.messages import resolve
 from tests.unit import compat
 from tests.unit.models import UnitHooks, UnitJob
 
@@ -169,7 +169,7 @@ def test_process_failure_sets_exactly_the_chosen_messages():
     assert drive(run) is S.FAILURE
     stored = raw(UnitJob, run.proc.pk)
     assert stored["errors"] == ["first reason", "second reason"]
-    assert stored["last_status_message"] == "Process fail_on_purpose failed: second reason"
+    assert stored["last_status_message"] == "Process fail_on_purpose failed: first reason; second reason"
 
 
 def test_process_failure_without_messages():
@@ -232,7 +232,7 @@ def test_on_fail_that_raises_is_recorded_too():
         "on_fail hook failed: RuntimeError: on_fail exploded",
     ]
     assert stored["last_status_message"] == (
-        "Process fail failed: on_fail hook failed: RuntimeError: on_fail exploded"
+        "Process fail failed: KeyError: 'boom'; on_fail hook failed: RuntimeError: on_fail exploded"
     )
 
 

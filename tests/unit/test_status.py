@@ -62,6 +62,8 @@ LEGAL = {
     (S.RUNNING, S.SUCCESS),
     (S.RUNNING, S.FAILURE),
     (S.RUNNING, S.WAITING_FOR_RESULT),
+    (S.RUNNING, S.PENDING),  # a retry, or sent again after a lost worker
+    (S.RUNNING, S.RUNNING),  # a redelivery takes over a lost run
     (S.WAITING_FOR_RESULT, S.RUNNING),
     (S.WAITING_FOR_RESULT, S.FAILURE),
     (S.SUCCESS, S.PENDING),
@@ -80,9 +82,9 @@ def test_a_few_transitions_by_name():
     assert is_legal(S.READY, S.PENDING)
     assert not is_legal(S.SUCCESS, S.RUNNING)
     assert not is_legal(S.READY, S.RUNNING)
-    assert not is_legal(S.RUNNING, S.PENDING)
+    assert is_legal(S.RUNNING, S.PENDING)
     assert not is_legal(S.WAITING_FOR_RESULT, S.SUCCESS)
-    assert not any(is_legal(s, s) for s in S)  # no self-loops
+    assert [s for s in S if is_legal(s, s)] == [S.RUNNING]  # the only self-loop: a takeover
 
 
 def test_every_status_has_a_row():
@@ -95,3 +97,23 @@ def test_values_are_sorted_strings():
     assert values({S.SUCCESS, S.FAILURE}) == ["FAILURE", "SUCCESS"]
     assert values(set()) == []
     assert all(type(v) is str for v in values(set(S)))
+
+
+def test_the_writes_declare_exactly_the_table():
+    """Each status write names its edges; together they are LEGAL_TRANSITIONS, no more."""
+    from procstatus import transitions
+
+    declared = set().union(*transitions.EDGES_BY_WRITE.values())
+    table = {(a, b) for a, targets in LEGAL_TRANSITIONS.items() for b in targets}
+    assert declared == table
+    assert set(transitions.EDGES_BY_WRITE) == {
+        "schedule", "unschedule", "start", "reclaim", "back_to_pending", "complete",
+        "fail_run", "begin_join",
+    }
+
+
+def test_a_write_declaring_an_edge_outside_the_table_fails_at_import():
+    from procstatus import transitions
+
+    with pytest.raises(AssertionError, match="SUCCESS→RUNNING"):
+        transitions.performs((S.SUCCESS, S.RUNNING))

@@ -271,20 +271,18 @@ def test_complete_refuses_non_final_statuses(coll, status):
 # --- fail_unclaimed ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [S.PENDING, S.RUNNING], ids=str)
+@pytest.mark.parametrize("status", [S.PENDING, S.RUNNING, S.WAITING_FOR_RESULT], ids=str)
 def test_fail_unclaimed_from_pending_and_running(coll, status):
     doc = insert(coll, status, task_id="t1", errors=[])
     assert compat.fail_unclaimed(coll, doc["_id"], "t1", "WorkerLostError: gone")
     after = stored(coll, doc["_id"])
     assert after["process_status"] == "FAILURE"
     assert after["errors"] == ["WorkerLostError: gone"]
-    assert after["last_status_message"] == "Process failed: WorkerLostError: gone"
+    assert after["last_status_message"] == "Process old_process failed: WorkerLostError: gone"
     assert after["complete_time"] == after["status_changed_at"] > OLD_TIME
 
 
-@pytest.mark.parametrize(
-    "status", [S.READY, S.SUCCESS, S.FAILURE, S.WAITING_FOR_RESULT], ids=str
-)
+@pytest.mark.parametrize("status", [S.READY, S.SUCCESS, S.FAILURE], ids=str)
 def test_fail_unclaimed_not_from_other_states(coll, status):
     doc = insert(coll, status, task_id="t1")
     assert compat.fail_unclaimed(coll, doc["_id"], "t1", "E: x") is False

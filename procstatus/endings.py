@@ -1,0 +1,125 @@
+"""Ending a run from outside its own process: one path that writes the end, then tells the parent.
+
+A run ends in its own process (see :mod:`procstatus.runner`) or from outside it:
+
+- ``cancel()``;
+- the sweeper: a lost worker, an orphaned run, a message that never came;
+- the worker's main process: a lost pool process, a hard time limit;
+- a start that could not happen (exhausted start retries, a claim that failed for good);
+- a resend or retry that could not be published.
+
+Each of these calls :func:`end_run`. It writes FAILURE through
+:func:`procstatus.transitions.fail_run` — conditional on the run's task id and process,
+so only the run that was meant ends, and a late or second ending changes nothing — or,
+for a process marked ``retry_on_worker_lost``, moves the run back to PENDING and sends
+it again under a new task id. A run that ended is then announced to its parent through
+:func:`procstatus.join.notify_parent`, which sends a join task and never runs ``join()``
+here. Limit: if MongoDB cannot be written, nothing here can end the run; the sweeper
+finds it again on its next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from procstatus import dispatch, join, transitions
+from procstatus.status import PROCESSING, ProcessStatus
+
+if TYPE_CHECKING:
+    from procstatus.document import Proc
+    from procstatus.messages import ProcessCall
+
+logger = logging.getLogger("procstatus")
+
+FAILED = "failed"
+SENT_AGAIN = "sent again"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Which run to end: the document, the task id that owns the run, and its process."""
+
+    cls: type[Proc]
+    pk: Any
+    task_id: str | None
+    process: str | None
+
+    def describe(self) -> str:
+        return f"{self.cls.__name__}({self.pk}).{self.process}"
+
+
+def end_run(
+    run: RunRef,
+    error: str,
+    *,
+    statuses: frozenset[ProcessStatus] = PROCESSING,
+    send_again: ProcessCall | None = None,
+) -> str | None:
+    """End ``run`` from outside with ``error``, or send it again; then tell its parent.
+
+    Returns :data:`FAILED`, :data:`SENT_AGAIN`, or ``None`` when the run had already
+    ended or moved on (the write was conditional and matched nothing).
+    """
+    collection = run.cls._get_collection()
+    if send_again is not None:
+        new_id = dispatch.new_task_id()
+        moved = transitions.back_to_pending(
+            collection, run.pk, run.task_id or "", new_task_id=new_id,
+            message=f"Process {run.process} pending again: {error}",
+            warning=f"sent again after {error}",
+        )
+        if moved:
+            try:
+                dispatch.publish(
+                    send_again.cls, send_again.pk, send_again.spec, send_again.args,
+                    send_again.kwargs, new_id,
+                )
+            except Exception as exc:
+                logger.error("%s: could not send again: %s", run.describe(), exc)
+                resend_failed = RunRef(run.cls, run.pk, new_id, run.process)
+                return end_run(
+                    resend_failed, f"{error}; could not send again: {_text(exc)}",
+                    statuses=frozenset({ProcessStatus.PENDING}),
+                )
+            logger.warning("%s: %s; sent again as task %s", run.describe(), error, new_id)
+            return SENT_AGAIN
+    if not transitions.fail_run(collection, run.pk, run.task_id, run.process, error, statuses):
+        return None
+    logger.warning("%s ended from outside: %s", run.describe(), error)
+    join.notify_parent_of(run.cls, run.pk, run.process)
+    return FAILED
+
+
+def cancel(proc: Proc, *, terminate: bool = False) -> bool:
+    """End ``proc``'s process under way as FAILURE "cancelled"; ``False`` if none was.
+
+    The status is written first; the task is revoked after (killed with ``terminate``).
+    A cancelled child's parent is told at once, like any other ending.
+    """
+    state = transitions.read_state(proc._get_collection(), proc.pk)
+    if state is None:
+        raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
+    status = state.get("process_status")
+    if status not in {s.value for s in PROCESSING}:
+        proc._set_state(state)
+        return False
+    task_id = state.get("celery_task_id")
+    run = RunRef(type(proc), proc.pk, task_id, state.get("current_process"))
+    if end_run(run, "cancelled") is None:
+        proc.reload_status()
+        return False
+    if status != ProcessStatus.WAITING_FOR_RESULT.value and task_id:
+        try:
+            dispatch.revoke(task_id, terminate=terminate)
+        except Exception as exc:  # the status is written; a worker that gets it cannot claim
+            logger.warning("%s cancelled, but the revoke failed: %s", run.describe(), exc)
+    proc.reload_status()
+    return True
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
