@@ -25,6 +25,12 @@ app.conf.update(
     # How long billiard waits for a lost pool process's result before WorkerLostError.
     worker_lost_wait=float(os.environ.get("PROCSTATUS_TEST_LOST_WAIT", "1")),
 )
+if os.environ.get("PROCSTATUS_TEST_VISIBILITY_TIMEOUT"):
+    # Redis redelivers a message taken but never acknowledged (a killed worker's
+    # prefetched tasks) after this many seconds; Celery's default is an hour.
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["PROCSTATUS_TEST_VISIBILITY_TIMEOUT"])
+    }
 if os.environ.get("PROCSTATUS_TEST_ACKS_LATE"):
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
 
