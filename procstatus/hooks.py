@@ -248,7 +248,7 @@ def _run_task(self: Task, *message: Any) -> None:
         return
     except Exception as exc:
         logger.exception("cannot start %s (task %s)", call.describe(), request.id)
-        endings.end_run(ref, f"could not start: {_text(exc)}", statuses=_PENDING)
+        _end_before_start(ref, f"could not start: {_text(exc)}")
         return
     if run is None:
         return
@@ -320,9 +320,7 @@ def _retry_start(task: Task, ref: RunRef, exc: Exception) -> None:
     attempts = _header(request, _START_ATTEMPTS) + 1
     if attempts >= START_RETRY_LIMIT:
         logger.error("%s: could not start after %d attempts: %s", ref.describe(), attempts, exc)
-        endings.end_run(
-            ref, f"could not start after {attempts} attempts: {_text(exc)}", statuses=_PENDING
-        )
+        _end_before_start(ref, f"could not start after {attempts} attempts: {_text(exc)}")
         return
     countdown = float(getattr(exc, "countdown", min(2 ** attempts, 30)))
     logger.warning("cannot start %s yet (attempt %d): %s", ref.describe(), attempts, exc)
@@ -336,9 +334,17 @@ def _send_retry(
     try:
         raise task.retry(exc=exc, countdown=countdown, headers=headers)
     except Reject as rejected:  # Celery could not publish the retry: no message is left
-        endings.end_run(
-            ref, f"{_text(exc)}; the retry could not be sent: {rejected.reason}",
-            statuses=_PENDING,
+        _end_before_start(ref, f"{_text(exc)}; the retry could not be sent: {rejected.reason}")
+
+
+def _end_before_start(ref: RunRef, error: str) -> None:
+    """End a PENDING run whose message is being dropped; if even that fails, say so loudly."""
+    try:
+        endings.end_run(ref, error, statuses=_PENDING)
+    except Exception as exc:
+        logger.error(
+            "%s stays PENDING with no message behind it (%s), and recording that failed: "
+            "%s. The sweeper's pending_timeout ends it.", ref.describe(), error, _text(exc),
         )
 
 

@@ -228,7 +228,7 @@ def test_the_same_message_delivered_twice_runs_once(
     celery_app_under_test.send_task(
         "procstatus.run", args=message, task_id=job.celery_task_id, queue=FAULT_QUEUE
     )
-    wait_for(lambda: "already SUCCESS (duplicate delivery)" in dup_worker.log_text(),
+    wait_for(lambda: "this run already ended, SUCCESS" in dup_worker.log_text(),
              timeout=30, what="the late duplicate to be refused")
     assert len(runs(redis_client, job.pk)) == 1
     assert fresh(job.pk).process_status is ProcessStatus.SUCCESS

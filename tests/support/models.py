@@ -232,3 +232,206 @@ class OutageJob(Proc):
     @process(queue=IDLE_QUEUE + "-outage")
     def noop(self) -> None:
         redis_client().rpush(runs_key(self.pk), f"outage:{os.getpid()}")
+
+
+# --- how runs end: scenarios for tests/test_endings.py ---------------------------------
+
+
+def _record_join(parent: Proc) -> None:
+    client = redis_client()
+    client.incr(f"procstatus-test:joins:{parent.pk}")
+    client.rpush(runs_key(parent.pk), f"join:{os.getpid()}")
+
+
+class SlowParent(Proc):
+    """Spawns children that hang on the fault queue until their gate opens."""
+
+    meta = {"collection": "slow_parents"}
+
+    @process
+    def spawn(self, count: int) -> ProcessStatus:
+        SlowChild.objects.insert([SlowChild(parent_id=self.pk, number=i) for i in range(count)])
+        for child in SlowChild.objects(parent_id=self.pk):
+            child.hang()
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    @process
+    def wait_on_idle_child(self) -> ProcessStatus:
+        child = SlowChild.create(parent_id=self.pk, number=0)
+        child.queued_nowhere()
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    def children(self):  # type: ignore[no-untyped-def]
+        return SlowChild.objects(parent_id=self.pk)
+
+    def join(self) -> None:
+        _record_join(self)
+
+
+class SlowChild(Proc):
+    meta = {"collection": "slow_children", "indexes": ["parent_id"]}
+
+    parent_id = ObjectIdField(required=True)
+    number = IntField()
+
+    @process(is_child=True, queue=FAULT_QUEUE)
+    def hang(self) -> None:
+        _hold(self, "child")
+
+    @process(is_child=True, queue=IDLE_QUEUE)
+    def queued_nowhere(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"queued:{os.getpid()}")
+
+    def parent(self) -> SlowParent:
+        return SlowParent.objects.get(pk=self.parent_id)
+
+
+class WaitsForNothing(Proc):
+    """A parent whose join() asks to wait again without starting any child."""
+
+    meta = {"collection": "waits_for_nothing"}
+
+    @process
+    def wait(self) -> ProcessStatus:
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    def children(self):  # type: ignore[no-untyped-def]
+        return Job.objects(name=f"child of {self.pk}")
+
+    def join(self) -> ProcessStatus:
+        _record_join(self)
+        return ProcessStatus.WAITING_FOR_RESULT
+
+
+class KeyedParent(Proc):
+    """Children with a primary key of their own (a string), as in NOMAD's child procs."""
+
+    meta = {"collection": "keyed_parents"}
+
+    @process
+    def spawn(self, count: int) -> ProcessStatus:
+        for i in range(count):
+            KeyedChild.create(child_id=f"{self.pk}-{i}", parent_id=self.pk).work()
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    def children(self):  # type: ignore[no-untyped-def]
+        return KeyedChild.objects(parent_id=self.pk)
+
+    def join(self) -> None:
+        _record_join(self)
+
+
+class KeyedChild(Proc):
+    meta = {"collection": "keyed_children", "indexes": ["parent_id"]}
+
+    child_id = StringField(primary_key=True)
+    parent_id = ObjectIdField(required=True)
+
+    @process(is_child=True)
+    def work(self) -> None:
+        self.set_process_step("working")
+
+    def parent(self) -> KeyedParent:
+        return KeyedParent.objects.get(pk=self.parent_id)
+
+
+class BlockingJoinParent(Proc):
+    """A parent whose join() blocks on a gate: it shows where join() runs."""
+
+    meta = {"collection": "blocking_join_parents"}
+
+    def children(self):  # type: ignore[no-untyped-def]
+        return Job.objects(name=f"child of {self.pk}")
+
+    @process
+    def wait(self) -> ProcessStatus:
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    def join(self) -> None:
+        _record_join(self)
+        if redis_client().blpop([gate_key(self.pk)], timeout=120) is None:
+            raise TimeoutError("gate never opened")
+
+
+class QuotaExceeded(Exception):
+    """A user exception whose constructor takes other arguments than its message."""
+
+    def __init__(self, used: int, limit: int):
+        super().__init__(f"used {used} of {limit}")
+        self.used = used
+        self.limit = limit
+
+
+class Mistakes(Proc):
+    """Processes that fail with exceptions Celery would replace by stand-ins."""
+
+    meta = {"collection": "mistakes"}
+
+    @process
+    def call_myself(self) -> None:
+        self.call_myself()  # the document is RUNNING: ProcessAlreadyRunning
+
+    @process
+    def exceed_quota(self) -> None:
+        raise QuotaExceeded(5, 3)
+
+
+class BrokenEndJob(Proc):
+    """Its worker fails the final write (``complete``) with an injected OperationFailure."""
+
+    meta = {"collection": "broken_end_jobs"}
+
+    @process(queue=FAULT_QUEUE)
+    def noop(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"broken-end:{os.getpid()}")
+
+
+class BrokenEveryEndJob(Proc):
+    """Its worker can write no end at all (``complete`` and ``fail_run`` fail)."""
+
+    meta = {"collection": "broken_every_end_jobs"}
+
+    @process(queue=FAULT_QUEUE)
+    def noop(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"broken-every-end:{os.getpid()}")
+
+
+class BrokenStartJob(Proc):
+    """Its worker's claim fails with an injected OperationFailure (not a connection error)."""
+
+    meta = {"collection": "broken_start_jobs"}
+
+    @process(queue=FAULT_QUEUE)
+    def noop(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"broken-start:{os.getpid()}")
+
+
+class UnreachableStartJob(Proc):
+    """Its worker's claim keeps failing with a transient error (MongoDB unreachable)."""
+
+    meta = {"collection": "unreachable_start_jobs"}
+
+    @process(queue=FAULT_QUEUE)
+    def noop(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"unreachable:{os.getpid()}")
+
+
+class FlakyStartJob(Proc):
+    """Its claim fails transiently twice, then its body fails retryably every time."""
+
+    meta = {"collection": "flaky_start_jobs"}
+
+    @process(queue=FAULT_QUEUE, autoretry_for=(FlakyError,), max_retries=2, retry_backoff=0.2)
+    def always_flaky(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"flaky:{os.getpid()}")
+        raise FlakyError("still flaky")
+
+
+class UnconnectedJob(Proc):
+    """Lives on a connection alias that the test workers never open."""
+
+    meta = {"collection": "unconnected_jobs", "db_alias": "unconnected"}
+
+    @process(queue=FAULT_QUEUE)
+    def noop(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"unconnected:{os.getpid()}")

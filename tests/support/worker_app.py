@@ -53,3 +53,58 @@ def connect_outage_alias(**_: object) -> None:
 
 
 import tests.support.models  # noqa: E402,F401  (the worker must know the Proc classes)
+
+# --- injected faults (only in workers started with these knobs) -----------------------
+
+
+def _break_writes(spec: str) -> None:
+    """``write:collection:kind[:times]``, comma-separated: make a state-machine write fail.
+
+    ``kind`` is ``permanent`` (OperationFailure) or ``transient`` (AutoReconnect);
+    ``times`` limits the fault to the first N calls per document (counted in Redis).
+    """
+    from pymongo.errors import AutoReconnect, OperationFailure
+
+    from procstatus import transitions
+    from tests.support.models import redis_client
+
+    for item in filter(None, spec.split(",")):
+        write, collection, kind, *times = item.split(":")
+        original = getattr(transitions, write)
+        error = AutoReconnect if kind == "transient" else OperationFailure
+        limit = int(times[0]) if times else None
+
+        def broken(coll, pk, *args, _original=original, _write=write, _collection=collection,
+                   _error=error, _limit=limit, **kwargs):  # type: ignore[no-untyped-def]
+            if coll.name == _collection:
+                count = redis_client().incr(f"procstatus-test:fault:{_write}:{pk}")
+                if _limit is None or count <= _limit:
+                    raise _error(f"injected fault: {_write}")
+            return _original(coll, pk, *args, **kwargs)
+
+        setattr(transitions, write, broken)
+
+
+def _break_retry_publish() -> None:
+    """Celery's retry publishes a new message; make that publish fail as a lost broker would."""
+    from celery.canvas import Signature
+    from kombu.exceptions import OperationalError
+
+    original = Signature.apply_async
+
+    def apply_async(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.options.get("retries") or kwargs.get("retries"):
+            raise OperationalError("injected fault: broker refused the retry")
+        return original(self, *args, **kwargs)
+
+    Signature.apply_async = apply_async  # type: ignore[method-assign]
+
+
+if os.environ.get("PROCSTATUS_TEST_BREAK"):
+    _break_writes(os.environ["PROCSTATUS_TEST_BREAK"])
+if os.environ.get("PROCSTATUS_TEST_BREAK_RETRY_PUBLISH"):
+    _break_retry_publish()
+if os.environ.get("PROCSTATUS_TEST_START_RETRY_LIMIT"):
+    import procstatus.hooks
+
+    procstatus.hooks.START_RETRY_LIMIT = int(os.environ["PROCSTATUS_TEST_START_RETRY_LIMIT"])

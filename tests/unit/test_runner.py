@@ -169,7 +169,9 @@ def test_process_failure_sets_exactly_the_chosen_messages():
     assert drive(run) is S.FAILURE
     stored = raw(UnitJob, run.proc.pk)
     assert stored["errors"] == ["first reason", "second reason"]
-    assert stored["last_status_message"] == "Process fail_on_purpose failed: first reason; second reason"
+    assert stored["last_status_message"] == (
+        "Process fail_on_purpose failed: first reason; second reason"
+    )
 
 
 def test_process_failure_without_messages():
