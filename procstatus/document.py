@@ -198,10 +198,19 @@ class Proc(Document):
     # --- hooks a subclass may override -------------------------------------------------
 
     def on_success(self) -> None:
-        """Runs on the worker after the process returned, before SUCCESS is written."""
+        """Runs on the worker after the process returned, before SUCCESS is written.
+
+        Hooks run in the process's own run only. A run ended from outside (cancel, the
+        sweeper) runs none when its process is gone; if that process lives on unaware (a
+        network partition, say), it may still run its hook, whose status write is then
+        refused. Keep hooks idempotent.
+        """
 
     def on_fail(self) -> None:
-        """Runs on the worker after the process failed, before FAILURE is written."""
+        """Runs on the worker after the process failed, before FAILURE is written.
+
+        See :meth:`on_success` for when a run ended from outside runs its hook.
+        """
 
     def on_waiting_for_result(self) -> None:
         """Runs on the worker before WAITING_FOR_RESULT is written."""

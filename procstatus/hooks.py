@@ -258,12 +258,13 @@ def _run_task(self: Task, *message: Any) -> None:
         if _should_retry(request, call.spec, exc):
             _retry_body(self, run, exc)
             return
+        if isinstance(exc, NotRunning) and not runner.owns(run):
+            # Cancelled or swept meanwhile: that ending is the run's; run no hook, write nothing.
+            logger.info("%s stopped: its run was ended from outside", run.describe())
+            return
         errors = describe_failure(exc, call.spec)
         written = _end_in_process(run, functools.partial(runner.fail, run.proc, exc, errors=errors))
         join.after_run(run.proc, written)
-        if written is None and isinstance(exc, NotRunning):
-            logger.info("%s stopped: its run was ended from outside", run.describe())
-            return
         raise
     written = _end_in_process(run, functools.partial(runner.finish, run.proc, outcome))
     join.after_run(run.proc, written)

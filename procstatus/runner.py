@@ -110,6 +110,15 @@ def _reclaim_if_lost(
     return document
 
 
+def owns(run: Run) -> bool:
+    """Whether ``run`` still owns its document: RUNNING under its task id (one read)."""
+    state = transitions.read_state(run.proc._get_collection(), run.proc.pk) or {}
+    return (
+        state.get("process_status") == ProcessStatus.RUNNING.value
+        and state.get("celery_task_id") == run.task_id
+    )
+
+
 def execute(run: Run) -> ProcessStatus | None:
     """Call the process method on the claimed copy; returns WAITING_FOR_RESULT or ``None``."""
     result = run.call.spec.function(run.proc, *run.call.args, **run.call.kwargs)

@@ -75,6 +75,8 @@ def test_acks_late_redelivery_runs_the_process_again_once(worker, start_worker, 
     job = FaultJob.create(name="redelivered")
     job.hang_first_time()
     first_pid = running_pid(job)
+    # Kill only once the body has marked its first run, or the redelivery would block too.
+    wait_for(lambda: runs(redis_client, job.pk), timeout=30, what="the first run's mark")
     os.kill(first_pid, signal.SIGKILL)
     assert job.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
     done = fresh(job.pk)
