@@ -208,8 +208,12 @@ def start_worker(
     queues: str | None = None,
     extra_args: tuple[str, ...] = (),
     ready_timeout: float = 60,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> Service:
-    """Start ``celery -A app worker`` (prefork) and wait until it answers a ping."""
+    """Start ``celery -A app worker`` (prefork) and wait until it answers a ping.
+
+    ``wrap`` turns the argv into the command actually run (``ip netns exec NS …``, say).
+    """
     log_path = log_dir / f"worker-{hostname.split('@')[0]}.log"
     log = open(log_path, "ab")
     argv = [
@@ -223,8 +227,8 @@ def start_worker(
     argv += list(extra_args)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=str(REPO_ROOT),
-        start_new_session=True,
+        wrap(argv) if wrap else argv, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+        cwd=str(REPO_ROOT), start_new_session=True,
     )
     service = Service("worker", process, log_path, hostname, log)
 
