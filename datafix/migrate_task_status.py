@@ -1,7 +1,7 @@
 """The ``python -m datafix.migrate_task_status`` command: arguments, connection, output, exit code.
 
 Moves documents from the legacy ``tasks_status``/``task_status`` scheme to the single
-``process_status`` + ``current_process_step`` scheme (issue 3). The mapping lives in
+``process_status`` + ``current_process_step`` scheme. The mapping lives in
 :mod:`datafix.task_status_mapping`, the two run modes (whole-collection, the default, and
 batched with ``--batch-size``) in :mod:`datafix.task_status_runner`; operator
 instructions are in ``datafix/OPERATOR.md``.
@@ -384,7 +384,7 @@ def main(
         typer.Option("--max-report-ids", min=0, help="ids listed per category in --report"),
     ] = DEFAULT_MAX_REPORT_IDS,
 ) -> None:
-    """Migrate legacy tasks_status/task_status documents to process_status (issue 3)."""
+    """Migrate legacy tasks_status/task_status documents to process_status."""
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
     if report is not None and not report.parent.is_dir():
@@ -423,6 +423,11 @@ def main(
         )
         raise typer.Exit(130) from None
     raise typer.Exit(code)
+
+
+def cli() -> None:
+    """The ``procstatus-datafix`` console script."""
+    app(prog_name="procstatus-datafix")
 
 
 if __name__ == "__main__":
