@@ -191,7 +191,7 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
             proc, spec.name, state.get("process_status"), state.get("current_process")
         )
     try:
-        publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
+        ran_inline = publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
     except BaseException:
         # The message is not on the broker: nothing will ever start this run.
         if not transitions.unschedule(collection, proc.pk, task_id, previous):
@@ -200,6 +200,9 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
     if spec.is_child:
         global _children_sent
         _children_sent += 1
+    if ran_inline:
+        proc.reload_status()  # Celery's eager mode ran the whole process inside publish()
+        return
     proc._set_state(
         {
             "process_status": ProcessStatus.PENDING,
@@ -223,8 +226,11 @@ def publish(
     args: list[Any],
     kwargs: dict[str, Any],
     task_id: str,
-) -> None:
-    """Send the generic task for an already scheduled call."""
+) -> bool:
+    """Send the generic task for an already scheduled call.
+
+    Returns whether the task already ran, inline, as Celery's ``task_always_eager`` does.
+    """
     if _publisher is None:
         raise NotInstalled("procstatus.install(celery_app) was not called in this process")
     _publisher.apply_async(
@@ -234,6 +240,7 @@ def publish(
         soft_time_limit=spec.soft_time_limit,
         time_limit=spec.time_limit,
     )
+    return bool(_publisher.app.conf.task_always_eager)
 
 
 def publish_join(cls: type[Proc], pk: Any, spec: ProcessSpec | None) -> str:

@@ -209,6 +209,12 @@ def _seconds(limit: Any) -> str:
     return f" ({limit:g}s)" if isinstance(limit, (int, float)) else ""
 
 
+def _has_connection(alias: str) -> bool:
+    from mongoengine import connection
+
+    return alias in connection._connection_settings
+
+
 def _reopen_after_fork(alias: str) -> None:
     """Drop a MongoClient inherited through fork; mongoengine reconnects with its settings."""
     from mongoengine import connection
@@ -380,7 +386,8 @@ def install(
     """Register the generic tasks on ``celery_app`` and connect the signal hooks.
 
     - ``mongodb_uri`` (with ``mongodb_db`` and a mongoengine ``mongodb_alias``): every
-      worker process opens its own MongoDB connection after fork.
+      worker process opens its own MongoDB connection after fork, and the calling process
+      gets a lazy connection too, unless it already has one for that alias.
     - ``heartbeat_interval``: seconds between a worker's liveness writes;
       ``heartbeat_threshold`` (default 3 × interval): silence after which a worker is
       gone for the sweeper and for redelivered tasks.
@@ -390,6 +397,11 @@ def install(
     _hooks.mongodb_uri = mongodb_uri
     _hooks.mongodb_db = mongodb_db
     _hooks.mongodb_alias = mongodb_alias
+    if mongodb_uri is not None and not _has_connection(mongodb_alias):
+        # The calling process (a web app, a shell, the caller in a test) gets the same
+        # connection, lazily: nothing is opened before the first query, so a worker that
+        # imports this module forks safely, and a connection the user made is never replaced.
+        mongoengine.connect(db=mongodb_db, host=mongodb_uri, alias=mongodb_alias, connect=False)
     liveness.settings.interval = heartbeat_interval
     liveness.settings.threshold = heartbeat_threshold or 3 * heartbeat_interval
     liveness.settings.alias = mongodb_alias
