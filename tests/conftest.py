@@ -12,6 +12,26 @@ import pytest
 
 from devtools import services
 
+FIGURES: list[str] = []
+"""Lines of measured figures (RELIABILITY, PARTITION, CHAOS) that README quotes."""
+
+
+@pytest.fixture
+def record_figure():  # type: ignore[no-untyped-def]
+    """Record a line of figures: it is printed in the run's closing summary."""
+
+    def record(text: str) -> None:
+        FIGURES.extend(line for line in text.strip().splitlines() if line.strip())
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("measured figures (quoted in README)")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
 
 @pytest.fixture(scope="session")
 def service_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -83,7 +83,9 @@ def wait_for_log(service: Service, lines: dict[str, str], timeout: float) -> Non
         ) from None
 
 
-def test_a_partitioned_worker_is_swept_and_its_late_writes_change_nothing(tmp_path: Path):
+def test_a_partitioned_worker_is_swept_and_its_late_writes_change_nothing(
+    tmp_path: Path, record_figure
+):
     try:
         partition = netns.Partition.create()
     except netns.NetnsUnavailable as exc:
@@ -263,8 +265,8 @@ def test_a_partitioned_worker_is_swept_and_its_late_writes_change_nothing(tmp_pa
         watched = time.monotonic() - watch_until + WATCH
         assert changes == [], changes
 
-        print(
-            f"\nPARTITION cut: {partition.host_interface} down for {cut_for:.1f} s "
+        record_figure(
+            f"PARTITION cut: {partition.host_interface} down for {cut_for:.1f} s "
             f"(heartbeat {HEARTBEAT:g} s, threshold {THRESHOLD:g} s) with 2 runs held on "
             f"{cut_off_name}"
             f"\nPARTITION sweeper: plain run FAILURE {resolved['failed']:.1f} s after the cut, "

@@ -54,7 +54,9 @@ def runs(redis_client, pk) -> list[str]:  # type: ignore[no-untyped-def]
     return [r.decode() for r in redis_client.lrange(runs_key(pk), 0, -1)]
 
 
-def test_killing_the_pool_process_twenty_times_leaves_nothing_stuck(worker, start_worker):
+def test_killing_the_pool_process_twenty_times_leaves_nothing_stuck(
+    worker, start_worker, record_figure
+):
     start_worker("kills", FAULT_QUEUE)
     jobs = []
     for i in range(20):
@@ -65,7 +67,7 @@ def test_killing_the_pool_process_twenty_times_leaves_nothing_stuck(worker, star
         jobs.append(job)
     stuck = FaultJob.objects(pk__in=[j.pk for j in jobs]).processing().count()
     errors = [fresh(j.pk).errors for j in jobs]
-    print(f"\nRELIABILITY pool-process kills: runs=20 kills=20 stuck={stuck}")
+    record_figure(f"RELIABILITY pool-process kills: runs=20 kills=20 stuck={stuck}")
     assert stuck == 0
     assert all(len(e) == 1 and e[0].startswith("WorkerLostError: worker lost") for e in errors)
 
@@ -86,7 +88,7 @@ def test_acks_late_redelivery_runs_the_process_again_once(worker, start_worker, 
 
 
 def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(
-    worker, start_worker, redis_client
+    worker, start_worker, redis_client, record_figure
 ):
     doomed_worker = start_worker("doomed", FAULT_QUEUE, concurrency=10)
     start_worker("healthy", SPARE_QUEUE, concurrency=2)
@@ -114,7 +116,7 @@ def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(
     wait_for(all_resolved, timeout=4 * THRESHOLD, interval=0.2, what="the sweeper")
     took = time.monotonic() - killed_at
     failed = [fresh(j.pk) for j in doomed[:9]]
-    print(f"\nRELIABILITY whole-worker kill: running=10 resolved=10 in {took:.1f}s "
+    record_figure(f"RELIABILITY whole-worker kill: running=10 resolved=10 in {took:.1f}s "
           f"(threshold {THRESHOLD:.0f}s) healthy-touched=0")
     assert took <= 2 * THRESHOLD
     assert all(d.process_status is ProcessStatus.FAILURE for d in failed)
