@@ -158,6 +158,31 @@ def broker_url() -> str:
     return os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
 
 
+def gate_redis_url() -> str:
+    """The Redis the tests keep gates and run records in: ``PROCSTATUS_TEST_REDIS_URL``,
+    else the broker when it is Redis, else the local default."""
+    configured = os.environ.get("PROCSTATUS_TEST_REDIS_URL")
+    if configured:
+        return configured
+    broker = broker_url()
+    return broker if broker.startswith("redis") else DEFAULT_BROKER_URL
+
+
+def ensure_local_rabbitmq(port: int = 5672, timeout: float = 90) -> None:
+    """Make sure the local RabbitMQ answers; start it (``rabbitmq-server -detached``) if not."""
+    if port_open("127.0.0.1", port):
+        return
+    server = shutil.which("rabbitmq-server")
+    if server is None:
+        raise ServiceError(
+            f"No RabbitMQ on 127.0.0.1:{port} and no rabbitmq-server to start. Install it "
+            "(apt-get install rabbitmq-server) or point CELERY_BROKER_URL at a running one."
+        )
+    subprocess.run([server, "-detached"], check=True)
+    wait_for(lambda: port_open("127.0.0.1", port), timeout=timeout, interval=0.5,
+             what=f"rabbitmq on port {port}")
+
+
 def ensure_local_redis(port: int = 6379) -> None:
     """Make sure the default local Redis answers; start ``redis-server`` if it is installed."""
     if port_open("127.0.0.1", port):

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mongoengine import (
+    DEFAULT_CONNECTION_NAME,
     BooleanField,
     DateTimeField,
     DictField,
@@ -26,7 +27,7 @@ from mongoengine import (
 from mongoengine.errors import SaveConditionError
 from mongoengine.queryset import QuerySet
 
-from procstatus import transitions
+from procstatus import connection, transitions
 from procstatus.errors import NotRunning, StatusFieldWrite
 from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
 
@@ -85,6 +86,12 @@ class Proc(Document):
 
     _run_task_id: str | None = None
     """Set on the claimed copy inside its run (see ``procstatus.runner.attach``)."""
+
+    @classmethod
+    def _get_db(cls) -> Any:
+        # The connection given to procstatus.install(), where this process defined none.
+        connection.ensure(cls._meta.get("db_alias", DEFAULT_CONNECTION_NAME))
+        return super()._get_db()
 
     # --- creation --------------------------------------------------------------------
 

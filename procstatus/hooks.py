@@ -43,7 +43,17 @@ from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 
-from procstatus import dispatch, endings, join, liveness, messages, runner, sweeper, transitions
+from procstatus import (
+    connection,
+    dispatch,
+    endings,
+    join,
+    liveness,
+    messages,
+    runner,
+    sweeper,
+    transitions,
+)
 from procstatus.dispatch import ProcessSpec
 from procstatus.endings import RunRef
 from procstatus.errors import NotRunning, ProcessFailure
@@ -209,19 +219,13 @@ def _seconds(limit: Any) -> str:
     return f" ({limit:g}s)" if isinstance(limit, (int, float)) else ""
 
 
-def _has_connection(alias: str) -> bool:
-    from mongoengine import connection
-
-    return alias in connection._connection_settings
-
-
 def _reopen_after_fork(alias: str) -> None:
     """Drop a MongoClient inherited through fork; mongoengine reconnects with its settings."""
-    from mongoengine import connection
+    from mongoengine import connection as mongoengine_connection
 
-    if alias in connection._connection_settings:
-        connection._connections.pop(alias, None)
-        connection._dbs.pop(alias, None)
+    if connection.is_defined(alias):
+        mongoengine_connection._connections.pop(alias, None)
+        mongoengine_connection._dbs.pop(alias, None)
 
 
 def _active_task_ids() -> list[str]:
@@ -397,11 +401,8 @@ def install(
     _hooks.mongodb_uri = mongodb_uri
     _hooks.mongodb_db = mongodb_db
     _hooks.mongodb_alias = mongodb_alias
-    if mongodb_uri is not None and not _has_connection(mongodb_alias):
-        # The calling process (a web app, a shell, the caller in a test) gets the same
-        # connection, lazily: nothing is opened before the first query, so a worker that
-        # imports this module forks safely, and a connection the user made is never replaced.
-        mongoengine.connect(db=mongodb_db, host=mongodb_uri, alias=mongodb_alias, connect=False)
+    if mongodb_uri is not None:
+        connection.configure(mongodb_alias, mongodb_uri, mongodb_db)
     liveness.settings.interval = heartbeat_interval
     liveness.settings.threshold = heartbeat_threshold or 3 * heartbeat_interval
     liveness.settings.alias = mongodb_alias

@@ -25,6 +25,8 @@ from mongoengine.connection import get_db
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from procstatus import connection
+
 logger = logging.getLogger("procstatus")
 
 WORKERS_COLLECTION = "procstatus_workers"
@@ -44,6 +46,7 @@ class LivenessSettings:
     """The mongoengine connection whose database holds ``procstatus_workers``."""
 
     def collection(self) -> Collection:
+        connection.ensure(self.alias)
         return workers_collection(get_db(self.alias))
 
 

@@ -70,8 +70,20 @@ def fresh_db_name(mongo_client: pymongo.MongoClient) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def broker_url() -> str:
+    """``CELERY_BROKER_URL`` (Redis or RabbitMQ), else the local Redis; started if need be."""
     url = services.broker_url()
-    if not os.environ.get("CELERY_BROKER_URL"):
+    if url.startswith("amqp"):
+        services.ensure_local_rabbitmq()
+    elif not os.environ.get("CELERY_BROKER_URL"):
+        services.ensure_local_redis()
+    return url
+
+
+@pytest.fixture(scope="session")
+def gate_redis() -> str:
+    """The Redis that holds the tests' gates and run records, whatever the broker is."""
+    url = services.gate_redis_url()
+    if url == services.DEFAULT_BROKER_URL:
         services.ensure_local_redis()
     return url
 
@@ -112,10 +124,13 @@ def celery_app_under_test(broker_url: str, test_db: str):  # type: ignore[no-unt
 
 
 @pytest.fixture(scope="session")
-def worker_env(mongodb_uri: str, broker_url: str, test_db: str, service_log_dir: Path) -> dict:
+def worker_env(
+    mongodb_uri: str, broker_url: str, gate_redis: str, test_db: str, service_log_dir: Path
+) -> dict:
     return {
         "MONGODB_URI": mongodb_uri,
         "CELERY_BROKER_URL": broker_url,
+        "PROCSTATUS_TEST_REDIS_URL": gate_redis,
         "PROCSTATUS_TEST_DB": test_db,
         "PROCSTATUS_TEST_QUEUE": os.environ["PROCSTATUS_TEST_QUEUE"],
         "PROCSTATUS_TEST_COMMAND_LOG": str(service_log_dir / "worker-commands.log"),
@@ -142,10 +157,10 @@ def worker(
 
 
 @pytest.fixture
-def redis_client(broker_url: str):  # type: ignore[no-untyped-def]
+def redis_client(gate_redis: str):  # type: ignore[no-untyped-def]
     import redis
 
-    return redis.Redis.from_url(broker_url)
+    return redis.Redis.from_url(gate_redis)
 
 
 @pytest.fixture

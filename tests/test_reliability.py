@@ -35,6 +35,11 @@ pytestmark = pytest.mark.integration
 
 HEARTBEAT = 1.0
 THRESHOLD = 3 * HEARTBEAT
+KILLS = int(os.environ.get("PROCSTATUS_TEST_KILLS", "20"))
+
+
+def broker_kind() -> str:
+    return services.broker_url().split(":", 1)[0]
 
 
 def fresh(pk) -> FaultJob:  # type: ignore[no-untyped-def]
@@ -59,7 +64,7 @@ def test_killing_the_pool_process_twenty_times_leaves_nothing_stuck(
 ):
     start_worker("kills", FAULT_QUEUE)
     jobs = []
-    for i in range(20):
+    for i in range(KILLS):
         job = FaultJob.create(name=f"kill {i}")
         job.hang()
         os.kill(running_pid(job), signal.SIGKILL)
@@ -67,7 +72,10 @@ def test_killing_the_pool_process_twenty_times_leaves_nothing_stuck(
         jobs.append(job)
     stuck = FaultJob.objects(pk__in=[j.pk for j in jobs]).processing().count()
     errors = [fresh(j.pk).errors for j in jobs]
-    record_figure(f"RELIABILITY pool-process kills: runs=20 kills=20 stuck={stuck}")
+    record_figure(
+        f"RELIABILITY pool-process kills ({broker_kind()}): runs={KILLS} kills={KILLS} "
+        f"stuck={stuck}"
+    )
     assert stuck == 0
     assert all(len(e) == 1 and e[0].startswith("WorkerLostError: worker lost") for e in errors)
 

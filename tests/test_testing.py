@@ -73,10 +73,15 @@ from celery import Celery
 import procstatus
 from procstatus import Proc
 
-if sys.argv[1] == "own-connection":
+def connect_own():
     mongoengine.connect(db="procstatus_callers_own", host=os.environ["MONGODB_URI"])
+
+if sys.argv[1] == "own-connection-before":
+    connect_own()
 app = Celery("caller", broker=os.environ["CELERY_BROKER_URL"])
 procstatus.install(app, mongodb_uri=os.environ["MONGODB_URI"], mongodb_db="procstatus_callers")
+if sys.argv[1] == "own-connection-after":
+    connect_own()
 
 class Note(Proc):
     meta = {"collection": "notes"}
@@ -86,7 +91,9 @@ print(Note._get_db().name, Note.objects(pk=note.pk).count())
 """
 
 
-@pytest.mark.parametrize("mode", ["no-connection", "own-connection"])
+@pytest.mark.parametrize(
+    "mode", ["no-connection", "own-connection-before", "own-connection-after"]
+)
 def test_install_connects_the_caller_unless_it_has_its_own_connection(
     mode, mongodb_uri, broker_url, mongo_client
 ):
@@ -96,6 +103,6 @@ def test_install_connects_the_caller_unless_it_has_its_own_connection(
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    expected = "procstatus_callers_own" if mode == "own-connection" else "procstatus_callers"
+    expected = "procstatus_callers" if mode == "no-connection" else "procstatus_callers_own"
     assert result.stdout.split() == [expected, "1"]
     mongo_client.drop_database(expected)

@@ -8,14 +8,14 @@ import time
 import redis
 from mongoengine import IntField, ObjectIdField, StringField
 
+from devtools import services
 from procstatus import Proc, ProcessFailure, ProcessStatus, process
 
 
 def redis_client() -> redis.Redis:
+    """The Redis that holds the tests' gates and run records, whatever the broker is."""
     # redis-py 8 times a socket read out after 5 s by default; gates block for longer.
-    return redis.Redis.from_url(
-        os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"), socket_timeout=150
-    )
+    return redis.Redis.from_url(services.gate_redis_url(), socket_timeout=150)
 
 
 def runs_key(pk: object) -> str:
