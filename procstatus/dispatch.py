@@ -50,6 +50,9 @@ class ProcessSpec:
     retry_backoff: float = 1.0
     retry_backoff_max: float = 600.0
     retry_on_worker_lost: bool = False
+    is_blocking: bool = True
+    clear_queue_on_failure: bool = True
+    priority: int | None = None
 
     def retry_countdown(self, retries_done: int) -> float:
         """Seconds before attempt ``retries_done + 2``: exponential, capped."""
@@ -82,6 +85,9 @@ def process(
     retry_backoff: float = 1.0,
     retry_backoff_max: float = 600.0,
     retry_on_worker_lost: bool = False,
+    is_blocking: bool = True,
+    clear_queue_on_failure: bool = True,
+    priority: int | None = None,
 ) -> Any:
     """Make a ``Proc`` method a process: calling it runs it on a Celery worker.
 
@@ -98,6 +104,12 @@ def process(
       ``warnings``.
     - ``retry_on_worker_lost``: the process is idempotent; when its worker is lost it is
       sent again instead of failing.
+    - ``is_blocking=False``: a call while the document is busy waits in its
+      ``call_queue`` instead of raising :class:`ProcessAlreadyRunning`, and runs after the
+      current run ends (see :mod:`procstatus.callqueue`); ``clear_queue_on_failure``
+      (default ``True``): when this process fails, the calls waiting are dropped.
+    - ``priority``: Celery's message priority (0–9 on RabbitMQ with
+      ``task_queue_max_priority`` set on the queue; Redis emulates a few levels).
     """
     if not isinstance(autoretry_for, tuple) or not all(
         isinstance(e, type) and issubclass(e, BaseException) for e in autoretry_for
@@ -105,6 +117,8 @@ def process(
         raise TypeError("autoretry_for must be a tuple of exception classes")
     if max_retries < 0 or retry_backoff < 0:
         raise ValueError("max_retries and retry_backoff must not be negative")
+    if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 255):
+        raise ValueError(f"priority must be an int from 0 to 255 (Celery's), not {priority!r}")
 
     def decorate(fn: F) -> F:
         spec = ProcessSpec(
@@ -112,7 +126,8 @@ def process(
             soft_time_limit=soft_time_limit, time_limit=time_limit,
             autoretry_for=autoretry_for, max_retries=max_retries,
             retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
-            retry_on_worker_lost=retry_on_worker_lost,
+            retry_on_worker_lost=retry_on_worker_lost, is_blocking=is_blocking,
+            clear_queue_on_failure=clear_queue_on_failure, priority=priority,
         )
 
         @functools.wraps(fn)
@@ -183,12 +198,23 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
     task_id = new_task_id()
     arguments = {"args": list(args), "kwargs": dict(kwargs)}
     previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
+    if previous is None and not spec.is_blocking:
+        from procstatus import callqueue  # the queue of calls is the rarer path
+
+        for _ in range(3):  # the document may go idle between the two writes: try again
+            if callqueue.wait_in_queue(proc, spec, arguments) == callqueue.QUEUED:
+                proc.reload_status()
+                return
+            previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
+            if previous is not None:
+                break
     if previous is None:
         state = transitions.read_state(collection, proc.pk)
         if state is None:
             raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
         raise ProcessAlreadyRunning(
-            proc, spec.name, state.get("process_status"), state.get("current_process")
+            proc, spec.name, state.get("process_status"), state.get("current_process"),
+            waiting=len(state.get("call_queue") or ()),
         )
     try:
         ran_inline = publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
@@ -196,6 +222,11 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
         # The message is not on the broker: nothing will ever start this run.
         if not transitions.unschedule(collection, proc.pk, task_id, previous):
             logger.error("could not restore %s(%s) after a failed publish", owner, proc.pk)
+        if not spec.is_blocking:
+            from procstatus import callqueue
+
+            # Calls queued while this one was PENDING must not wait for a run that never was.
+            callqueue.after_end(type(proc), proc.pk, ProcessStatus.SUCCESS)
         raise
     if spec.is_child:
         global _children_sent
@@ -239,6 +270,7 @@ def publish(
         queue=spec.queue,
         soft_time_limit=spec.soft_time_limit,
         time_limit=spec.time_limit,
+        priority=spec.priority,
     )
     return bool(_publisher.app.conf.task_always_eager)
 

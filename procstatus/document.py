@@ -83,6 +83,8 @@ class Proc(Document):
     celery_task_id = StringField(default=None)
     process_arguments = DictField(default=None)
     joining = BooleanField(default=False)
+    call_queue = ListField(DictField())
+    """Calls of non-blocking processes waiting for the current run to end, first first."""
 
     _run_task_id: str | None = None
     """Set on the claimed copy inside its run (see ``procstatus.runner.attach``)."""

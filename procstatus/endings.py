@@ -14,8 +14,9 @@ so only the run that was meant ends, and a late or second ending changes nothing
 for a process marked ``retry_on_worker_lost``, moves the run back to PENDING and sends
 it again under a new task id. A run that ended is then announced to its parent through
 :func:`procstatus.join.notify_parent`, which sends a join task and never runs ``join()``
-here. Limit: if MongoDB cannot be written, nothing here can end the run; the sweeper
-finds it again on its next pass.
+here, and the next queued call of the document, if any, is started
+(:mod:`procstatus.callqueue`). Limit: if MongoDB cannot be written, nothing here can end
+the run; the sweeper finds it again on its next pass.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from procstatus import dispatch, join, transitions
+from procstatus import callqueue, dispatch, join, transitions
 from procstatus.status import PROCESSING, ProcessStatus
 
 if TYPE_CHECKING:
@@ -85,10 +86,15 @@ def end_run(
                 )
             logger.warning("%s: %s; sent again as task %s", run.describe(), error, new_id)
             return SENT_AGAIN
-    if not transitions.fail_run(collection, run.pk, run.task_id, run.process, error, statuses):
+    spec = dispatch.process_spec(run.cls, run.process or "")
+    if not transitions.fail_run(
+        collection, run.pk, run.task_id, run.process, error, statuses,
+        clear_queue=spec is None or spec.clear_queue_on_failure,
+    ):
         return None
     logger.warning("%s ended from outside: %s", run.describe(), error)
     join.notify_parent_of(run.cls, run.pk, run.process)
+    callqueue.after_end(run.cls, run.pk, ProcessStatus.FAILURE)
     return FAILED
 
 

@@ -16,16 +16,27 @@ class ProcessAlreadyRunning(ProcStatusError):
     Nothing was written and no task was sent.
     """
 
-    def __init__(self, proc: Any, process: str, status: str | None, current: str | None):
+    def __init__(
+        self, proc: Any, process: str, status: str | None, current: str | None, waiting: int = 0
+    ):
         self.proc = proc
         self.process = process
         self.status = status
         self.current_process = current
+        self.waiting = waiting
+        queued = f", with {waiting} queued call(s) waiting" if waiting else ""
         super().__init__(
             f"cannot start {type(proc).__name__}({proc.pk}).{process}(): process "
-            f"{current!r} is {status}. Wait for it to end (block_until_complete()) "
+            f"{current!r} is {status}{queued}. Wait for it to end (block_until_complete()) "
             "or check process_running before calling."
         )
+
+
+class CallQueueFull(ProcStatusError):
+    """A non-blocking process was called while its document's queue of calls is full.
+
+    Nothing was written and no task was sent.
+    """
 
 
 class ProcessFailure(ProcStatusError):

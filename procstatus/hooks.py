@@ -44,6 +44,7 @@ from mongoengine.connection import ConnectionFailure as NoConnectionDefined
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 
 from procstatus import (
+    callqueue,
     connection,
     dispatch,
     endings,
@@ -274,10 +275,10 @@ def _run_task(self: Task, *message: Any) -> None:
             return
         errors = describe_failure(exc, call.spec)
         written = _end_in_process(run, functools.partial(runner.fail, run.proc, exc, errors=errors))
-        join.after_run(run.proc, written)
+        _after_end(run, written)
         raise
     written = _end_in_process(run, functools.partial(runner.finish, run.proc, outcome))
-    join.after_run(run.proc, written)
+    _after_end(run, written)
     logger.info("%s ended %s", run.describe(), written or "elsewhere")
 
 
@@ -290,6 +291,12 @@ def _join_task(self: Task, *message: Any) -> None:
         logger.error("rejected join task %s: %s; nothing runs", request.id, exc)
         return
     join.perform_join(call, request.id, worker_ref(request.hostname))
+
+
+def _after_end(run: runner.Run, written: ProcessStatus | None) -> None:
+    """After a run wrote its own end: its parent's join, then its next queued call."""
+    join.after_run(run.proc, written)
+    callqueue.after_end(run.call.cls, run.proc.pk, written)
 
 
 def _end_in_process(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from procstatus import dispatch, runner, transitions
+from procstatus import callqueue, dispatch, runner, transitions
 from procstatus.dispatch import process_spec
 from procstatus.errors import ProcessFailure
 from procstatus.status import PROCESSING, ProcessStatus
@@ -115,7 +115,7 @@ def perform_join(call: JoinCall, task_id: str, worker: WorkerRef) -> ProcessStat
             return None
         claimed = runner.attach(call.cls._from_son(document), task_id)
         written = runner.fail(claimed, exc, context="children()")
-        after_run(claimed, written)
+        _after_join(claimed, written)
         return written
     if busy:
         return None  # the last child's ending sends the next join
@@ -136,8 +136,13 @@ def perform_join(call: JoinCall, task_id: str, worker: WorkerRef) -> ProcessStat
             written = runner.finish(parent, None)
     except Exception as exc:
         written = runner.fail(parent, exc, context=None if _chosen(exc) else "join")
-    after_run(parent, written)
+    _after_join(parent, written)
     return written
+
+
+def _after_join(parent: Proc, written: ProcessStatus | None) -> None:
+    after_run(parent, written)
+    callqueue.after_end(type(parent), parent.pk, written)
 
 
 def _chosen(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from procstatus import liveness, transitions
+from procstatus.dispatch import process_spec
 from procstatus.document import Proc
 from procstatus.errors import ProcessFailure
 from procstatus.messages import ProcessCall
@@ -209,9 +210,11 @@ def failure_messages(exc: BaseException) -> list[str]:
 def _write(
     proc: Proc, status: ProcessStatus, message: str, errors: list[str] | None = None
 ) -> ProcessStatus | None:
+    spec = process_spec(type(proc), proc.current_process or "")
     won = transitions.complete(
         proc._get_collection(), proc.pk, proc.celery_task_id, status,
         message=message, errors=errors or (),
+        clear_queue=spec is None or spec.clear_queue_on_failure,
     )
     if not won:
         state = transitions.read_state(proc._get_collection(), proc.pk)

@@ -47,8 +47,11 @@ STATE_FIELDS: tuple[str, ...] = (
     "celery_task_id",
     "process_arguments",
     "joining",
+    "call_queue",
 )
 """Fields written only through this module."""
+
+_QUEUE_HEAD = "call_queue.0"
 
 # None also matches a missing field: a document saved before its class became a Proc.
 _SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
@@ -91,33 +94,80 @@ def schedule(
     """READY/SUCCESS/FAILURE → PENDING for ``process`` under ``task_id``.
 
     Returns the state fields as they were before (so a failed publish can restore them),
-    or ``None`` when the document is missing or already processing.
+    or ``None`` when the document is missing, processing, or has queued calls waiting
+    (they go first: see :func:`schedule_next`).
     """
     return collection.find_one_and_update(
-        {"_id": pk, "process_status": {"$in": _SCHEDULABLE}},
-        {
-            "$set": {
-                "process_status": ProcessStatus.PENDING.value,
-                "current_process": process,
-                "current_process_step": None,
-                "errors": [],
-                "warnings": [],
-                "last_status_message": f"Process {process} pending",
-                "start_time": None,
-                "complete_time": None,
-                "status_changed_at": now(),
-                "worker_hostname": None,
-                "worker_instance": None,
-                "worker_pid": None,
-                "celery_task_id": task_id,
-                # Kept so a sweeper can send the call again after its worker was lost.
-                "process_arguments": dict(arguments or {"args": [], "kwargs": {}}),
-                "joining": False,
-            }
-        },
+        {"_id": pk, "process_status": {"$in": _SCHEDULABLE}, _QUEUE_HEAD: {"$exists": False}},
+        {"$set": _pending_fields(process, task_id, arguments)},
         projection=_PROJECTION,
         return_document=ReturnDocument.BEFORE,
     )
+
+
+def _pending_fields(
+    process: str, task_id: str, arguments: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The fields of a newly scheduled run: PENDING, and nothing left of the last run."""
+    return {
+        "process_status": ProcessStatus.PENDING.value,
+        "current_process": process,
+        "current_process_step": None,
+        "errors": [],
+        "warnings": [],
+        "last_status_message": f"Process {process} pending",
+        "start_time": None,
+        "complete_time": None,
+        "status_changed_at": now(),
+        "worker_hostname": None,
+        "worker_instance": None,
+        "worker_pid": None,
+        "celery_task_id": task_id,
+        # Kept so a sweeper can send the call again after its worker was lost.
+        "process_arguments": dict(arguments or {"args": [], "kwargs": {}}),
+        "joining": False,
+    }
+
+
+def enqueue_call(collection: Collection, pk: Any, call: Mapping[str, Any], limit: int) -> bool:
+    """Append ``call`` to ``call_queue`` while the document is busy; ``False`` if it is not.
+
+    Busy means processing, or with calls already waiting. The write is refused too when
+    ``limit`` calls already wait. No status changes.
+    """
+    result = collection.update_one(
+        {
+            "_id": pk,
+            "$or": [
+                {"process_status": {"$in": values(PROCESSING)}},
+                {_QUEUE_HEAD: {"$exists": True}},
+            ],
+            f"call_queue.{limit - 1}": {"$exists": False},
+        },
+        {"$push": {"call_queue": dict(call)}},
+    )
+    return result.modified_count == 1
+
+
+@performs((_S.READY, _S.PENDING), (_S.SUCCESS, _S.PENDING), (_S.FAILURE, _S.PENDING))
+def schedule_next(
+    collection: Collection,
+    pk: Any,
+    head_id: str,
+    process: str,
+    task_id: str,
+    arguments: Mapping[str, Any],
+) -> bool:
+    """READY/SUCCESS/FAILURE → PENDING for the first queued call, taken off the queue.
+
+    Conditional on that call still being first, so of several runs ending at once
+    exactly one schedules it.
+    """
+    result = collection.update_one(
+        {"_id": pk, "process_status": {"$in": _SCHEDULABLE}, "call_queue.0.id": head_id},
+        {"$set": _pending_fields(process, task_id, arguments), "$pop": {"call_queue": -1}},
+    )
+    return result.modified_count == 1
 
 
 @performs((_S.PENDING, _S.READY), (_S.PENDING, _S.SUCCESS), (_S.PENDING, _S.FAILURE))
@@ -125,8 +175,10 @@ def unschedule(
     collection: Collection, pk: Any, task_id: str, previous: Mapping[str, Any]
 ) -> bool:
     """Undo :func:`schedule` after the task could not be published: restore ``previous``."""
-    restore = {name: previous[name] for name in STATE_FIELDS if name in previous}
-    absent = {name: "" for name in STATE_FIELDS if name not in previous}
+    # Calls queued meanwhile stay: the queue is not part of the run being undone.
+    restored = [name for name in STATE_FIELDS if name != "call_queue"]
+    restore = {name: previous[name] for name in restored if name in previous}
+    absent = {name: "" for name in restored if name not in previous}
     update: dict[str, Any] = {"$set": restore}
     if absent:
         update["$unset"] = absent
@@ -236,8 +288,12 @@ def complete(
     *,
     message: str,
     errors: Sequence[str] = (),
+    clear_queue: bool = False,
 ) -> bool:
-    """RUNNING → SUCCESS, FAILURE or WAITING_FOR_RESULT for the run owned by ``task_id``."""
+    """RUNNING → SUCCESS, FAILURE or WAITING_FOR_RESULT for the run owned by ``task_id``.
+
+    ``clear_queue`` with FAILURE drops the queued calls in the same write.
+    """
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
@@ -249,6 +305,8 @@ def complete(
     }
     if status in COMPLETED:
         fields["complete_time"] = moment
+    if clear_queue and status is ProcessStatus.FAILURE:
+        fields["call_queue"] = []
     update: dict[str, Any] = {"$set": fields}
     if errors:
         update["$push"] = {"errors": {"$each": list(errors)}}
@@ -269,6 +327,8 @@ def fail_run(
     process: str | None,
     error: str,
     statuses: frozenset[ProcessStatus] = PROCESSING,
+    *,
+    clear_queue: bool = False,
 ) -> bool:
     """PENDING/RUNNING/WAITING_FOR_RESULT (or ``statuses``) → FAILURE, from outside the run.
 
@@ -279,6 +339,14 @@ def fail_run(
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
     moment = now()
+    fields: dict[str, Any] = {
+        "process_status": ProcessStatus.FAILURE.value,
+        "last_status_message": f"Process {process} failed: {error}",
+        "complete_time": moment,
+        "status_changed_at": moment,
+    }
+    if clear_queue:
+        fields["call_queue"] = []
     result = collection.update_one(
         {
             "_id": pk,
@@ -286,15 +354,7 @@ def fail_run(
             "celery_task_id": task_id,
             "current_process": process,
         },
-        {
-            "$set": {
-                "process_status": ProcessStatus.FAILURE.value,
-                "last_status_message": f"Process {process} failed: {error}",
-                "complete_time": moment,
-                "status_changed_at": moment,
-            },
-            "$push": {"errors": error},
-        },
+        {"$set": fields, "$push": {"errors": error}},
     )
     return result.modified_count == 1
 

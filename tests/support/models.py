@@ -435,3 +435,35 @@ class UnconnectedJob(Proc):
     @process(queue=FAULT_QUEUE)
     def noop(self) -> None:
         redis_client().rpush(runs_key(self.pk), f"unconnected:{os.getpid()}")
+
+
+# --- the queue of calls ------------------------------------------------------------------
+
+
+class QueueJob(Proc):
+    """Non-blocking processes whose calls wait in the document's queue while it is busy."""
+
+    meta = {"collection": "queue_jobs"}
+
+    def _record(self, entry: str) -> None:
+        redis_client().rpush(runs_key(self.pk), entry)
+
+    @process(is_blocking=False)
+    def append(self, value: str) -> None:
+        self._record(value)
+        if value == "hold" and redis_client().blpop([gate_key(self.pk)], timeout=120) is None:
+            raise TimeoutError("gate never opened")
+
+    @process(is_blocking=False)
+    def fail_clearing(self, value: str) -> None:
+        self._record(f"fail:{value}")
+        raise ProcessFailure(f"{value} failed; the calls waiting are dropped")
+
+    @process(is_blocking=False, clear_queue_on_failure=False)
+    def fail_keeping(self, value: str) -> None:
+        self._record(f"fail:{value}")
+        raise ProcessFailure(f"{value} failed; the calls waiting still run")
+
+    @process
+    def blocking(self) -> None:
+        self._record("blocking")
