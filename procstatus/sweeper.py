@@ -12,6 +12,8 @@ Run it from Celery beat (the ``procstatus.sweep`` task), from cron, or call
   (a notification lost to a crash is made up for);
 - **PENDING** runs no worker started within ``pending_timeout`` (their message is gone)
   are failed;
+- idle documents with queued calls waiting get their next call started (the run that
+  ended died before it could; see :mod:`procstatus.callqueue`);
 - heartbeats silent past the threshold are marked stopped, and pruned after a day.
 
 Every ending goes through :func:`procstatus.endings.end_run`, which also tells the
@@ -33,11 +35,11 @@ from typing import Any
 from mongoengine.base import _document_registry
 from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
 
-from procstatus import endings, join, liveness
+from procstatus import callqueue, endings, join, liveness
 from procstatus.document import Proc
 from procstatus.endings import RunRef
 from procstatus.messages import ProcessCall
-from procstatus.status import ProcessStatus
+from procstatus.status import SCHEDULABLE, ProcessStatus, values
 
 logger = logging.getLogger("procstatus")
 
@@ -70,6 +72,8 @@ class SweepReport:
     """PENDING runs failed after ``pending_timeout``."""
     joins_sent: list[str] = field(default_factory=list)
     """Waiting parents with no processing child whose join task was sent."""
+    queued_calls_sent: list[str] = field(default_factory=list)
+    """Idle documents whose next queued call had not been started, and now is."""
     workers_gone: int = 0
     """Heartbeats newly marked stopped."""
 
@@ -77,7 +81,10 @@ class SweepReport:
         return asdict(self)
 
     def acted(self) -> bool:
-        return bool(self.failed or self.sent_again or self.never_started or self.joins_sent)
+        return bool(
+            self.failed or self.sent_again or self.never_started or self.joins_sent
+            or self.queued_calls_sent
+        )
 
 
 def proc_classes() -> list[type[Proc]]:
@@ -130,6 +137,8 @@ def sweep(
             _join_if_ready(cls, state["_id"], report)
         if pending_timeout is not None:
             _fail_never_started(cls, now - timedelta(seconds=pending_timeout), report)
+        if callqueue.has_queue(cls):
+            _start_stranded_calls(cls, report)
     report.workers_gone = liveness.mark_gone(
         workers, threshold=threshold, prune_after=PRUNE_HEARTBEATS_AFTER, now=now
     )
@@ -163,6 +172,17 @@ def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport) -> None:
             report.joins_sent.append(f"{cls.__name__}({pk})")
     except Exception:
         logger.exception("procstatus sweep could not send the join of %s(%s)", cls.__name__, pk)
+
+
+def _start_stranded_calls(cls: type[Proc], report: SweepReport) -> None:
+    """Idle documents with calls waiting: the run that ended died before starting the next."""
+    stranded = cls._get_collection().find(
+        {"process_status": {"$in": values(SCHEDULABLE)}, "call_queue.0": {"$exists": True}},
+        {"_id": 1},
+    )
+    for state in stranded:
+        if callqueue.dispatch_next(cls, state["_id"]):
+            report.queued_calls_sent.append(f"{cls.__name__}({state['_id']})")
 
 
 def _fail_never_started(cls: type[Proc], before: datetime, report: SweepReport) -> None:

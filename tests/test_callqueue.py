@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+import procstatus
 from devtools.services import wait_for
 from procstatus import ProcessAlreadyRunning, ProcessStatus, callqueue, dispatch
 from procstatus.errors import CallQueueFull
@@ -137,3 +138,19 @@ def test_priority_travels_with_the_message(monkeypatch):
     assert sent[0]["priority"] == 7
     with pytest.raises(ValueError, match="priority must be an int from 0 to 255"):
         dispatch.process(priority=300)
+
+
+def test_the_sweeper_starts_a_queued_call_stranded_on_an_idle_document(
+    worker, redis_client
+):
+    job = QueueJob.create()
+    holding(job, redis_client)
+    job.append("stranded")
+    # As if the run that ended had died before starting the next call: the queue stays.
+    QueueJob._get_collection().update_one(
+        {"_id": job.pk}, {"$set": {"process_status": "SUCCESS"}}
+    )
+    report = procstatus.sweep(classes=[QueueJob])
+    assert report.queued_calls_sent == [f"QueueJob({job.pk})"]
+    wait_for(lambda: "stranded" in runs(redis_client, job.pk), timeout=30, what="the call")
+    redis_client.rpush(gate_key(job.pk), 1)  # let the first run end; its write is refused
