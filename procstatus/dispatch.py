@@ -267,6 +267,8 @@ def publish(
     _publisher.apply_async(
         args=[cls._class_name, json_pk(pk), spec.name, args, kwargs],
         task_id=task_id,
+        # What Celery's own tools show (logs, inspect, events, Flower): Upload.process_upload.
+        shadow=f"{cls.__name__}.{spec.name}",
         queue=spec.queue,
         soft_time_limit=spec.soft_time_limit,
         time_limit=spec.time_limit,
@@ -287,6 +289,7 @@ def publish_join(cls: type[Proc], pk: Any, spec: ProcessSpec | None) -> str:
     _join_publisher.apply_async(
         args=[cls._class_name, json_pk(pk)],
         task_id=task_id,
+        shadow=f"{cls.__name__}.join",
         queue=spec.queue if spec else None,
         soft_time_limit=spec.soft_time_limit if spec else None,
         time_limit=spec.time_limit if spec else None,

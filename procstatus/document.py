@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 P = TypeVar("P", bound="Proc")
 
+PROGRESS_INTERVAL = 0.5
+"""Seconds between two progress writes of one run (``install(progress_interval=...)``)."""
+
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -64,7 +67,8 @@ class Proc(Document):
     meta = {
         "abstract": True,
         "queryset_class": ProcQuerySet,
-        "indexes": ["process_status"],
+        # Counts and lists by status, oldest first: the sweeper, the CLI, the dashboard.
+        "indexes": ["process_status", ("process_status", "status_changed_at")],
     }
 
     process_status = EnumField(ProcessStatus, default=ProcessStatus.READY, required=True)
@@ -85,9 +89,13 @@ class Proc(Document):
     joining = BooleanField(default=False)
     call_queue = ListField(DictField())
     """Calls of non-blocking processes waiting for the current run to end, first first."""
+    progress_done = IntField(default=None)
+    progress_total = IntField(default=None)
 
     _run_task_id: str | None = None
     """Set on the claimed copy inside its run (see ``procstatus.runner.attach``)."""
+    _progress_written_at: float = float("-inf")
+    _progress_unwritten: bool = False
 
     @classmethod
     def _get_db(cls) -> Any:
@@ -189,6 +197,36 @@ class Proc(Document):
         if not transitions.add_warnings(self._get_collection(), self.pk, task_id, texts):
             self._raise_not_running("warning")
         self._set_state({"warnings": [*(self.warnings or []), *texts]})
+
+    def set_progress(self, done: int, total: int | None = None) -> None:
+        """Record numeric progress: ``done`` of ``total`` (unknown when ``None``).
+
+        One single-field-group update, at most one every ``progress_interval`` seconds
+        (0.5 by default, set in ``install()``); a value not written yet is written with
+        the run's end, in the same command. Like :meth:`set_process_step`, only from the
+        running process's own copy.
+        """
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise ValueError(f"progress done must be an int >= 0, not {done!r}")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int)
+                                  or total < 1):
+            raise ValueError(f"progress total must be an int >= 1 or None, not {total!r}")
+        task_id = self._owned_run("set_progress")
+        self._set_state({"progress_done": done, "progress_total": total})
+        moment = time.monotonic()
+        if moment - self._progress_written_at < PROGRESS_INTERVAL:
+            self._progress_unwritten = True
+            return
+        if not transitions.set_progress(self._get_collection(), self.pk, task_id, done, total):
+            self._raise_not_running("set_progress")
+        self._progress_written_at = moment
+        self._progress_unwritten = False
+
+    def _unwritten_progress(self) -> dict[str, Any] | None:
+        """The progress this run set but did not write yet (throttled), else ``None``."""
+        if not self._progress_unwritten:
+            return None
+        return {"progress_done": self.progress_done, "progress_total": self.progress_total}
 
     def cancel(self, terminate: bool = False) -> bool:
         """End the process under way as FAILURE "cancelled"; ``False`` if none was.

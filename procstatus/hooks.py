@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from procstatus import (
     callqueue,
     connection,
     dispatch,
+    document,
     endings,
     join,
     liveness,
@@ -263,6 +265,7 @@ def _run_task(self: Task, *message: Any) -> None:
         return
     if run is None:
         return
+    began = time.monotonic()
     try:
         outcome = runner.execute(run)
     except Exception as exc:
@@ -276,10 +279,19 @@ def _run_task(self: Task, *message: Any) -> None:
         errors = describe_failure(exc, call.spec)
         written = _end_in_process(run, functools.partial(runner.fail, run.proc, exc, errors=errors))
         _after_end(run, written)
+        _log_end(run, written, began)
         raise
     written = _end_in_process(run, functools.partial(runner.finish, run.proc, outcome))
     _after_end(run, written)
-    logger.info("%s ended %s", run.describe(), written or "elsewhere")
+    _log_end(run, written, began)
+
+
+def _log_end(run: runner.Run, written: ProcessStatus | None, began: float) -> None:
+    """The worker's one line per run: class, id, process, final status, duration."""
+    logger.info(
+        "%s ended %s in %.2f s (task %s)", run.describe(), written or "elsewhere",
+        time.monotonic() - began, run.task_id,
+    )
 
 
 def _join_task(self: Task, *message: Any) -> None:
@@ -393,6 +405,7 @@ def install(
     mongodb_alias: str = DEFAULT_CONNECTION_NAME,
     heartbeat_interval: float = liveness.DEFAULT_INTERVAL,
     heartbeat_threshold: float | None = None,
+    progress_interval: float = 0.5,
 ) -> Task:
     """Register the generic tasks on ``celery_app`` and connect the signal hooks.
 
@@ -402,6 +415,8 @@ def install(
     - ``heartbeat_interval``: seconds between a worker's liveness writes;
       ``heartbeat_threshold`` (default 3 × interval): silence after which a worker is
       gone for the sweeper and for redelivered tasks.
+    - ``progress_interval``: the fewest seconds between two ``set_progress()`` writes of
+      one run (the last value is always written with the run's end).
 
     Calling it again is harmless: hooks are connected once. Returns the generic task.
     """
@@ -413,6 +428,7 @@ def install(
     liveness.settings.interval = heartbeat_interval
     liveness.settings.threshold = heartbeat_threshold or 3 * heartbeat_interval
     liveness.settings.alias = mongodb_alias
+    document.PROGRESS_INTERVAL = progress_interval
     # A marker on the app, not app.tasks: reading app.tasks would finalize the app early.
     task: Task | None = getattr(celery_app, "_procstatus_task", None)
     if task is None:

@@ -45,11 +45,12 @@ def any_child_processing(parent: Proc) -> bool:
     return busy is not None
 
 
-def join_if_ready(parent: Proc) -> bool:
+def join_if_ready(parent: Proc, *, dry_run: bool = False) -> bool:
     """Send ``parent``'s join task if it waits and no child is processing; ``True`` if sent.
 
     ``children()`` raising sends the join task too: the join task fails the parent with
-    that error on a worker, rather than leaving it waiting.
+    that error on a worker, rather than leaving it waiting. ``dry_run`` sends nothing and
+    says whether it would.
     """
     state = transitions.read_state(parent._get_collection(), parent.pk)
     if state is None or state.get("process_status") != ProcessStatus.WAITING_FOR_RESULT.value:
@@ -59,6 +60,8 @@ def join_if_ready(parent: Proc) -> bool:
             return False
     except Exception as exc:
         logger.warning("children() of %s(%s) failed: %s", type(parent).__name__, parent.pk, exc)
+    if dry_run:
+        return True
     spec = process_spec(type(parent), state.get("current_process") or "")
     task_id = dispatch.publish_join(type(parent), parent.pk, spec)
     logger.info("%s(%s): join sent as task %s", type(parent).__name__, parent.pk, task_id)

@@ -210,7 +210,12 @@ def lost_reason(
 
 
 def mark_gone(
-    collection: Collection, *, threshold: float, prune_after: float, now: datetime | None = None
+    collection: Collection,
+    *,
+    threshold: float,
+    prune_after: float,
+    now: datetime | None = None,
+    dry_run: bool = False,
 ) -> int:
     """Mark heartbeats silent past ``threshold`` as stopped; delete those past ``prune_after``.
 
@@ -218,9 +223,11 @@ def mark_gone(
     Returns how many heartbeats were newly marked stopped.
     """
     now = now or _utcnow()
+    silent = {"stopped": {"$ne": True}, "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)}}
+    if dry_run:
+        return int(collection.count_documents(silent))
     marked = collection.update_many(
-        {"stopped": {"$ne": True}, "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)}},
-        {"$set": {"stopped": True, "gone_at": now}},
+        silent, {"$set": {"stopped": True, "gone_at": now}}
     ).modified_count
     collection.delete_many(
         {"stopped": True, "heartbeat_at": {"$lt": now - timedelta(seconds=prune_after)}}

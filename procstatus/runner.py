@@ -215,6 +215,7 @@ def _write(
         proc._get_collection(), proc.pk, proc.celery_task_id, status,
         message=message, errors=errors or (),
         clear_queue=spec is None or spec.clear_queue_on_failure,
+        progress=proc._unwritten_progress(),
     )
     if not won:
         state = transitions.read_state(proc._get_collection(), proc.pk)

@@ -60,13 +60,14 @@ SCHEDULABLE: frozenset[ProcessStatus] = frozenset({ProcessStatus.READY}) | COMPL
 _S = ProcessStatus
 
 LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
-    # schedule: a call.
+    # schedule: a call. Every state also goes to READY by reset: the operator's override.
     _S.READY: frozenset({_S.PENDING}),
     _S.PENDING: frozenset(
         {
             _S.RUNNING,  # start: a worker claims the run
             _S.FAILURE,  # end_from_outside: cancel, never started, could not start or resend
-            # unschedule: the publish failed and the state before the call is restored.
+            # unschedule: the publish failed and the state before the call is restored;
+            # or reset --force.
             *SCHEDULABLE,
         }
     ),
@@ -77,17 +78,19 @@ LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
             _S.WAITING_FOR_RESULT,  # complete: the process waits for its children
             _S.PENDING,  # back_to_pending: a retry, or sent again after a lost worker
             _S.RUNNING,  # reclaim: a redelivered task takes over a run known to be lost
+            _S.READY,  # reset --force
         }
     ),
     _S.WAITING_FOR_RESULT: frozenset(
         {
             _S.RUNNING,  # begin_join: exactly one join task wins
             _S.FAILURE,  # end_from_outside: cancel
+            _S.READY,  # reset --force
         }
     ),
-    # schedule: a new call after the last one ended.
-    _S.SUCCESS: frozenset({_S.PENDING}),
-    _S.FAILURE: frozenset({_S.PENDING}),
+    # schedule: a new call after the last one ended; reset.
+    _S.SUCCESS: frozenset({_S.PENDING, _S.READY}),
+    _S.FAILURE: frozenset({_S.PENDING, _S.READY}),
 }
 """Every move the state machine makes, and no other: each write in
 :mod:`procstatus.transitions` declares its edges, and a test checks that the declared

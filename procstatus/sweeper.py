@@ -101,18 +101,27 @@ def sweep(
     threshold: float | None = None,
     pending_timeout: float | None = DEFAULT_PENDING_TIMEOUT,
     classes: Iterable[type[Proc]] | None = None,
+    dry_run: bool = False,
 ) -> SweepReport:
     """One pass of the backstop; see the module's docstring for what it finds.
 
     ``threshold`` defaults to the heartbeat threshold given to ``install()``;
-    ``pending_timeout=None`` leaves PENDING runs alone.
+    ``pending_timeout=None`` leaves PENDING runs alone; ``dry_run`` reports what the pass
+    would do and writes nothing. ``classes`` defaults to every ``Proc`` subclass imported
+    in this process: import your app's models first (``procstatus -A MODULE sweep``).
     """
     threshold = threshold if threshold is not None else liveness.settings.threshold
     workers = liveness.settings.collection()
     beats = liveness.read_beats(workers)
     now = datetime.now(timezone.utc)
     report = SweepReport()
-    for cls in classes if classes is not None else proc_classes():
+    classes = list(classes) if classes is not None else proc_classes()
+    if not classes:
+        logger.warning(
+            "procstatus sweep checks nothing: no Proc class is imported in this process. "
+            "Import your app's models first, or run `procstatus -A MODULE sweep`."
+        )
+    for cls in classes:
         try:
             collection = cls._get_collection()
         except MongoEngineConnectionFailure as exc:
@@ -125,7 +134,7 @@ def sweep(
                 state, beats, threshold=threshold, now=now, orphan_after=threshold
             )
             if reason is not None:
-                _end_lost(cls, state, reason, report)
+                _end_lost(cls, state, reason, report, dry_run)
         settled = now - timedelta(seconds=threshold)  # a fresh wait sends its own join
         for state in collection.find(
             {
@@ -134,27 +143,35 @@ def sweep(
             },
             {"_id": 1},
         ):
-            _join_if_ready(cls, state["_id"], report)
+            _join_if_ready(cls, state["_id"], report, dry_run)
         if pending_timeout is not None:
-            _fail_never_started(cls, now - timedelta(seconds=pending_timeout), report)
+            _fail_never_started(cls, now - timedelta(seconds=pending_timeout), report, dry_run)
         if callqueue.has_queue(cls):
-            _start_stranded_calls(cls, report)
+            _start_stranded_calls(cls, report, dry_run)
     report.workers_gone = liveness.mark_gone(
-        workers, threshold=threshold, prune_after=PRUNE_HEARTBEATS_AFTER, now=now
+        workers, threshold=threshold, prune_after=PRUNE_HEARTBEATS_AFTER, now=now,
+        dry_run=dry_run,
     )
     if report.acted():
         logger.warning("procstatus sweep: %s", report.as_dict())
     return report
 
 
-def _end_lost(cls: type[Proc], state: dict, reason: str, report: SweepReport) -> None:
+def _end_lost(
+    cls: type[Proc], state: dict, reason: str, report: SweepReport, dry_run: bool
+) -> None:
     label = f"{cls.__name__}({state['_id']})"
     call = ProcessCall.from_state(cls, state)
     resend = call is not None and call.spec.retry_on_worker_lost and not state.get("joining")
     run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
     if state.get("joining"):
         reason = f"join lost: {reason}"
-    ended = endings.end_run(run, reason, statuses=_RUNNING, send_again=call if resend else None)
+    if dry_run:
+        ended: str | None = endings.SENT_AGAIN if resend else endings.FAILED
+    else:
+        ended = endings.end_run(
+            run, reason, statuses=_RUNNING, send_again=call if resend else None
+        )
     if ended == endings.SENT_AGAIN:
         report.sent_again.append(label)
     elif ended == endings.FAILED:
@@ -163,29 +180,31 @@ def _end_lost(cls: type[Proc], state: dict, reason: str, report: SweepReport) ->
             report.orphaned.append(label)
 
 
-def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport) -> None:
+def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport, dry_run: bool) -> None:
     parent = cls.objects(pk=pk).first()
     if parent is None:
         return
     try:
-        if join.join_if_ready(parent):
+        if join.join_if_ready(parent, dry_run=dry_run):
             report.joins_sent.append(f"{cls.__name__}({pk})")
     except Exception:
         logger.exception("procstatus sweep could not send the join of %s(%s)", cls.__name__, pk)
 
 
-def _start_stranded_calls(cls: type[Proc], report: SweepReport) -> None:
+def _start_stranded_calls(cls: type[Proc], report: SweepReport, dry_run: bool) -> None:
     """Idle documents with calls waiting: the run that ended died before starting the next."""
     stranded = cls._get_collection().find(
         {"process_status": {"$in": values(SCHEDULABLE)}, "call_queue.0": {"$exists": True}},
         {"_id": 1},
     )
     for state in stranded:
-        if callqueue.dispatch_next(cls, state["_id"]):
+        if dry_run or callqueue.dispatch_next(cls, state["_id"]):
             report.queued_calls_sent.append(f"{cls.__name__}({state['_id']})")
 
 
-def _fail_never_started(cls: type[Proc], before: datetime, report: SweepReport) -> None:
+def _fail_never_started(
+    cls: type[Proc], before: datetime, report: SweepReport, dry_run: bool
+) -> None:
     stale = cls._get_collection().find(
         {"process_status": ProcessStatus.PENDING.value, "status_changed_at": {"$lt": before}},
         {"celery_task_id": 1, "current_process": 1},
@@ -193,5 +212,5 @@ def _fail_never_started(cls: type[Proc], before: datetime, report: SweepReport) 
     for state in stale:
         run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
         error = "never started: no worker took the task in time"
-        if endings.end_run(run, error, statuses=_PENDING) == endings.FAILED:
+        if dry_run or endings.end_run(run, error, statuses=_PENDING) == endings.FAILED:
             report.never_started.append(f"{cls.__name__}({state['_id']})")

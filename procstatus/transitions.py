@@ -48,6 +48,8 @@ STATE_FIELDS: tuple[str, ...] = (
     "process_arguments",
     "joining",
     "call_queue",
+    "progress_done",
+    "progress_total",
 )
 """Fields written only through this module."""
 
@@ -126,6 +128,8 @@ def _pending_fields(
         # Kept so a sweeper can send the call again after its worker was lost.
         "process_arguments": dict(arguments or {"args": [], "kwargs": {}}),
         "joining": False,
+        "progress_done": None,
+        "progress_total": None,
     }
 
 
@@ -289,10 +293,12 @@ def complete(
     message: str,
     errors: Sequence[str] = (),
     clear_queue: bool = False,
+    progress: Mapping[str, Any] | None = None,
 ) -> bool:
     """RUNNING → SUCCESS, FAILURE or WAITING_FOR_RESULT for the run owned by ``task_id``.
 
-    ``clear_queue`` with FAILURE drops the queued calls in the same write.
+    ``clear_queue`` with FAILURE drops the queued calls in the same write; ``progress``
+    (``progress_done``/``progress_total``) is the run's last, not yet written, progress.
     """
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
@@ -307,6 +313,7 @@ def complete(
         fields["complete_time"] = moment
     if clear_queue and status is ProcessStatus.FAILURE:
         fields["call_queue"] = []
+    fields.update(progress or {})
     update: dict[str, Any] = {"$set": fields}
     if errors:
         update["$push"] = {"errors": {"$each": list(errors)}}
@@ -408,6 +415,51 @@ def set_step(collection: Collection, pk: Any, task_id: str | None, step: str | N
         {"$set": {"current_process_step": step}},
     )
     return result.matched_count == 1
+
+
+def set_progress(
+    collection: Collection, pk: Any, task_id: str | None, done: int, total: int | None
+) -> bool:
+    """Write ``progress_done``/``progress_total`` while this run is RUNNING (one update)."""
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+        {"$set": {"progress_done": done, "progress_total": total}},
+    )
+    return result.matched_count == 1
+
+
+_ANY = (_S.READY, _S.PENDING, _S.RUNNING, _S.WAITING_FOR_RESULT, _S.SUCCESS, _S.FAILURE)
+
+
+@performs(*((status, _S.READY) for status in _ANY if status is not _S.READY))
+def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | None:
+    """SUCCESS/FAILURE (any status with ``force``) → READY: the operator's override.
+
+    Clears the run's step, errors, warnings, progress and task; domain fields and waiting
+    calls are untouched. Returns the state before, or ``None`` if the document is missing,
+    already READY, or (without ``force``) processing.
+    """
+    allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
+    moment = now()
+    return collection.find_one_and_update(
+        {"_id": pk, "process_status": {"$in": [*allowed, None]}},
+        {
+            "$set": {
+                "process_status": ProcessStatus.READY.value,
+                "current_process_step": None,
+                "errors": [],
+                "warnings": [],
+                "last_status_message": "Reset to READY by an operator",
+                "status_changed_at": moment,
+                "celery_task_id": None,
+                "joining": False,
+                "progress_done": None,
+                "progress_total": None,
+            }
+        },
+        projection=_PROJECTION,
+        return_document=ReturnDocument.BEFORE,
+    )
 
 
 def add_warnings(

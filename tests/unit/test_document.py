@@ -82,10 +82,13 @@ def test_status_enum_is_stored_as_its_word_and_read_back_as_member():
 def test_subclass_indexes_are_merged_with_the_base_index():
     specs = [spec["fields"] for spec in UnitIndexed._meta["index_specs"]]
     assert [("process_status", 1)] in specs
+    assert [("process_status", 1), ("status_changed_at", 1)] in specs
     assert [("name", 1)] in specs
     assert [("rank", -1), ("name", 1)] in specs
-    # A subclass without its own indexes keeps just the base one.
-    assert [s["fields"] for s in UnitJob._meta["index_specs"]] == [[("process_status", 1)]]
+    # A subclass without its own indexes keeps just the base ones.
+    assert [s["fields"] for s in UnitJob._meta["index_specs"]] == [
+        [("process_status", 1)], [("process_status", 1), ("status_changed_at", 1)]
+    ]
 
 
 def test_ensure_indexes_creates_them_on_the_server():

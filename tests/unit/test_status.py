@@ -68,6 +68,12 @@ LEGAL = {
     (S.WAITING_FOR_RESULT, S.FAILURE),
     (S.SUCCESS, S.PENDING),
     (S.FAILURE, S.PENDING),
+    # reset: the operator's override (processing states only with --force)
+    (S.PENDING, S.READY),
+    (S.RUNNING, S.READY),
+    (S.WAITING_FOR_RESULT, S.READY),
+    (S.SUCCESS, S.READY),
+    (S.FAILURE, S.READY),
 }
 
 
@@ -108,7 +114,7 @@ def test_the_writes_declare_exactly_the_table():
     assert declared == table
     assert set(transitions.EDGES_BY_WRITE) == {
         "schedule", "unschedule", "start", "reclaim", "back_to_pending", "complete",
-        "fail_run", "begin_join", "schedule_next",
+        "fail_run", "begin_join", "schedule_next", "reset",
     }
 
 
