@@ -14,4 +14,4 @@ fi
 # itself (the 20 pool-process kills shrink to 5 here; the same mechanism runs above).
 AMQP_URL=${PROCSTATUS_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}
 CELERY_BROKER_URL=$AMQP_URL PROCSTATUS_TEST_KILLS=5 .venv/bin/python -m pytest \
-  tests/test_lifecycle.py tests/test_reliability.py tests/test_endings.py
+  tests/test_lifecycle.py tests/test_reliability.py tests/test_endings.py tests/test_callqueue.py
