@@ -232,8 +232,9 @@ def _reopen_after_fork(alias: str) -> None:
 
 
 def _active_task_ids() -> list[str]:
+    # ``type`` is the registered task's name; ``name`` is the shadow (Upload.process_upload).
     names = (TASK_NAME, JOIN_TASK_NAME)
-    return [r.id for r in list(worker_state.active_requests) if r.name in names]
+    return [r.id for r in list(worker_state.active_requests) if r.type in names]
 
 
 def _header(request: Any, name: str) -> int:

@@ -16,8 +16,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.procstatus-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing procstatus[test,datafix] into .venv"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,datafix]'
+  say "installing procstatus[test,datafix,cli] into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,datafix,cli]'
   touch "$stamp"
 fi
 
