@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ MAX_ARGUMENT_BYTES = 64 * 1024
 """Largest JSON encoding of a call's arguments; bigger data belongs in the document."""
 
 _SPEC_ATTRIBUTE = "__procstatus_process__"
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+"""``json.dumps(..., allow_nan=False)`` without building an encoder on every call."""
 
 
 @dataclass(frozen=True)
@@ -151,24 +154,35 @@ def process_spec(cls: type, name: str) -> ProcessSpec | None:
 
 def check_arguments(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
     """Raise ``TypeError`` naming the first argument that JSON cannot carry."""
+    try:
+        # The common case in one pass: every argument is encoded once, for the size.
+        for value in (*args, *kwargs.values()):
+            _require_str_keys(value)
+        size = len(_STRICT_JSON.encode([list(args), kwargs]))
+    except (TypeError, ValueError):
+        _name_bad_argument(owner, args, kwargs)
+        raise  # not reached: one of the arguments is the one that failed
+    if size > MAX_ARGUMENT_BYTES:
+        raise ValueError(
+            f"arguments of {owner}() are {size} bytes as JSON, over the "
+            f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on the document"
+        )
+
+
+def _name_bad_argument(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming the first argument that JSON cannot carry (if any)."""
     named = [(f"positional argument {i}", v) for i, v in enumerate(args)]
     named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in named:
         try:
             _require_str_keys(value)
-            json.dumps(value, allow_nan=False)
+            _STRICT_JSON.encode(value)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"{label} of {owner}() is not JSON-serializable ({exc}); process "
                 "arguments travel as JSON: pass str, int, float, bool, None, or lists "
                 "and dicts of them (store anything bigger on the document)"
             ) from None
-    size = len(json.dumps([list(args), kwargs]))
-    if size > MAX_ARGUMENT_BYTES:
-        raise ValueError(
-            f"arguments of {owner}() are {size} bytes as JSON, over the "
-            f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on the document"
-        )
 
 
 def _require_str_keys(value: Any) -> None:
@@ -302,11 +316,29 @@ def children_sent() -> int:
     return _children_sent
 
 
-def revoke(task_id: str, *, terminate: bool) -> None:
-    """Tell the workers to drop (or, with ``terminate``, kill) the task ``task_id``."""
+REVOKE_WAIT = 5.0
+"""Seconds a cancel waits for its revoke to reach the broker before it returns anyway."""
+
+
+def revoke(task_id: str, *, terminate: bool) -> bool:
+    """Tell the workers to drop (or, with ``terminate``, kill) the task ``task_id``.
+
+    Celery's broadcast retries for as long as the broker is unreachable; the caller waits
+    at most :data:`REVOKE_WAIT` seconds and returns ``False`` if it was not sent by then
+    (it goes on trying in the background). The status is written before, so a worker
+    that gets the message anyway cannot claim it.
+    """
     if _publisher is None:
         raise NotInstalled("procstatus.install(celery_app) was not called in this process")
-    _publisher.app.control.revoke(task_id, terminate=terminate, signal="SIGKILL")
+    control = _publisher.app.control
+    sender = threading.Thread(
+        target=control.revoke, args=(task_id,),
+        kwargs={"terminate": terminate, "signal": "SIGKILL"},
+        name=f"procstatus-revoke-{task_id}", daemon=True,
+    )
+    sender.start()
+    sender.join(REVOKE_WAIT)
+    return not sender.is_alive()
 
 
 def new_task_id() -> str:

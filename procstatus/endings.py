@@ -118,9 +118,16 @@ def cancel(proc: Proc, *, terminate: bool = False) -> bool:
         return False
     if status != ProcessStatus.WAITING_FOR_RESULT.value and task_id:
         try:
-            dispatch.revoke(task_id, terminate=terminate)
+            sent = dispatch.revoke(task_id, terminate=terminate)
         except Exception as exc:  # the status is written; a worker that gets it cannot claim
             logger.warning("%s cancelled, but the revoke failed: %s", run.describe(), exc)
+        else:
+            if not sent:
+                logger.warning(
+                    "%s cancelled; the broker did not take the revoke within %g s (it is "
+                    "still being sent)%s", run.describe(), dispatch.REVOKE_WAIT,
+                    "; a RUNNING process is killed once it arrives" if terminate else "",
+                )
     proc.reload_status()
     return True
 

@@ -38,7 +38,7 @@ from typing import Any
 import mongoengine
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery import Celery, Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.worker import state as worker_state
 from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
@@ -270,14 +270,20 @@ def _run_task(self: Task, *message: Any) -> None:
     try:
         outcome = runner.execute(run)
     except Exception as exc:
+        errors = describe_failure(exc, call.spec)
         if _should_retry(request, call.spec, exc):
-            _retry_body(self, run, exc)
-            return
+            try:
+                _retry_body(self, run, exc)
+                return
+            except Retry:
+                raise  # Celery's signal that the retry was sent
+            except Exception as retry_exc:  # the retry could not be recorded: fail the run
+                logger.exception("%s: could not schedule the retry", run.describe())
+                errors.append(f"the retry could not be recorded: {_text(retry_exc)}")
         if isinstance(exc, NotRunning) and not runner.owns(run):
             # Cancelled or swept meanwhile: that ending is the run's; run no hook, write nothing.
             logger.info("%s stopped: its run was ended from outside", run.describe())
             return
-        errors = describe_failure(exc, call.spec)
         written = _end_in_process(run, functools.partial(runner.fail, run.proc, exc, errors=errors))
         _after_end(run, written)
         _log_end(run, written, began)

@@ -6,6 +6,13 @@ whatever the number of processes it runs. ``instance`` is new for every start of
 worker, so a restarted worker with the same hostname never vouches for the runs its
 killed predecessor left RUNNING. ``active`` lists the procstatus task ids the worker is
 executing, which tells a redelivered message whether its first delivery still runs.
+
+Silence alone does not condemn a worker: during a MongoDB outage no worker can beat, and
+the first sweep after it would otherwise take every worker for dead. A worker silent past
+the threshold is first marked *suspected* (:func:`suspect_silent`); its runs are judged
+lost only once it has stayed silent for a grace of 1.5 heartbeat intervals after that,
+and its next beat clears the mark. The cost is one more sweep before a dead worker's
+runs are ended.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ class WorkerBeat:
     heartbeat_at: datetime
     active: frozenset[str]
     stopped: bool = False
+    suspected_at: datetime | None = None
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> WorkerBeat:
@@ -98,6 +106,7 @@ class WorkerBeat:
             heartbeat_at=_aware(document["heartbeat_at"]) or _utcnow(),
             active=frozenset(document.get("active") or ()),
             stopped=bool(document.get("stopped")),
+            suspected_at=_aware(document.get("suspected_at")),
         )
 
 
@@ -116,10 +125,31 @@ def beat(collection: Collection, active: Iterable[str], *, stopped: bool = False
                 "heartbeat_at": _utcnow(),
                 "active": sorted(active),
                 "stopped": stopped,
-            }
+            },
+            "$unset": {"suspected_at": "", "gone_at": ""},  # alive after all
         },
         upsert=True,  # the worker's own heartbeat document, never a Proc
     )
+
+
+def suspect_silent(
+    collection: Collection, *, threshold: float, now: datetime | None = None
+) -> dict[str, WorkerBeat]:
+    """Mark workers silent past ``threshold`` as suspected (once); return every beat."""
+    now = now or _utcnow()
+    collection.update_many(
+        {
+            "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
+            "suspected_at": {"$exists": False},
+        },
+        {"$set": {"suspected_at": now}},
+    )
+    return read_beats(collection)
+
+
+def grace() -> float:
+    """Seconds a suspected worker must stay silent before its runs are judged lost."""
+    return 1.5 * settings.interval
 
 
 def read_beats(collection: Collection) -> dict[str, WorkerBeat]:
@@ -162,6 +192,7 @@ class Heartbeat:
         self.beat_now(stopped=True)
 
     def _loop(self) -> None:
+        self.beat_now()  # at once: the beat from worker_init may be old by now
         while not self._stop.wait(self.interval):
             self.beat_now()
 
@@ -193,6 +224,9 @@ def lost_reason(
             return None  # give a worker that has not beaten yet its threshold
         return f"worker lost: no heartbeat from {hostname}"
     if now - worker.heartbeat_at > timedelta(seconds=threshold):
+        suspected = worker.suspected_at
+        if suspected is None or now - suspected < timedelta(seconds=grace()):
+            return None  # maybe MongoDB was down for everyone: wait for its next beat
         return (
             f"worker lost: no heartbeat from {hostname} for "
             f"{(now - worker.heartbeat_at).total_seconds():.0f} s"
@@ -223,7 +257,11 @@ def mark_gone(
     Returns how many heartbeats were newly marked stopped.
     """
     now = now or _utcnow()
-    silent = {"stopped": {"$ne": True}, "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)}}
+    silent = {
+        "stopped": {"$ne": True},
+        "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
+        "suspected_at": {"$lt": now - timedelta(seconds=grace())},
+    }
     if dry_run:
         return int(collection.count_documents(silent))
     marked = collection.update_many(
@@ -251,7 +289,7 @@ def pid_alive(pid: int | None) -> bool:
 def judge_remote_run(state: Mapping[str, Any]) -> str | None:
     """For a redelivered task: a reason if its first run is lost, ``None`` if it is alive,
     or :data:`UNDECIDED` when its worker has not beaten since the run started."""
-    beats = read_beats(settings.collection())
+    beats = suspect_silent(settings.collection(), threshold=settings.threshold)
     reason = lost_reason(state, beats, threshold=settings.threshold, check_active=True)
     if reason is not None:
         return reason
@@ -259,4 +297,6 @@ def judge_remote_run(state: Mapping[str, Any]) -> str | None:
     started = _aware(state.get("start_time"))
     if worker is None or (started is not None and worker.heartbeat_at <= started):
         return UNDECIDED
+    if _utcnow() - worker.heartbeat_at > timedelta(seconds=settings.threshold):
+        return UNDECIDED  # silent, but within its grace: ask again later
     return None

@@ -112,8 +112,11 @@ def sweep(
     """
     threshold = threshold if threshold is not None else liveness.settings.threshold
     workers = liveness.settings.collection()
-    beats = liveness.read_beats(workers)
     now = datetime.now(timezone.utc)
+    beats = (
+        liveness.read_beats(workers) if dry_run
+        else liveness.suspect_silent(workers, threshold=threshold, now=now)
+    )
     report = SweepReport()
     classes = list(classes) if classes is not None else proc_classes()
     if not classes:

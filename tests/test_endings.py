@@ -39,6 +39,7 @@ from tests.support.models import (
     KeyedChild,
     KeyedParent,
     Mistakes,
+    RetryUnrecordedJob,
     SlowChild,
     SlowParent,
     UnconnectedJob,
@@ -229,6 +230,7 @@ BROKEN_WRITES = ",".join([
     "start:broken_start_jobs:permanent",
     "start:unreachable_start_jobs:transient",
     "start:flaky_start_jobs:transient:2",
+    "back_to_pending:retry_unrecorded_jobs:transient",
 ])
 
 
@@ -289,6 +291,17 @@ def test_start_attempts_do_not_use_up_the_process_retries(broken_worker, redis_c
         "attempt 1 of 3 failed: FlakyError: still flaky",
         "attempt 2 of 3 failed: FlakyError: still flaky",
     ]
+
+
+def test_a_retry_that_cannot_be_recorded_fails_the_document(broken_worker, redis_client):
+    job = RetryUnrecordedJob.create()
+    job.always_flaky()
+    assert job.block_until_complete(timeout=30) is ProcessStatus.FAILURE
+    assert fresh(job).errors == [
+        "FlakyError: still flaky",
+        "the retry could not be recorded: AutoReconnect: injected fault: back_to_pending",
+    ]
+    assert len(runs(redis_client, job.pk)) == 1
 
 
 def test_a_retry_that_cannot_be_sent_fails_the_document(worker, start_worker, redis_client):

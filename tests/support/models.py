@@ -467,3 +467,14 @@ class QueueJob(Proc):
     @process
     def blocking(self) -> None:
         self._record("blocking")
+
+
+class RetryUnrecordedJob(Proc):
+    """Fails retryably, and its worker cannot record the retry (back_to_pending fails)."""
+
+    meta = {"collection": "retry_unrecorded_jobs"}
+
+    @process(queue=FAULT_QUEUE, autoretry_for=(FlakyError,), max_retries=2, retry_backoff=0.2)
+    def always_flaky(self) -> None:
+        redis_client().rpush(runs_key(self.pk), f"flaky:{os.getpid()}")
+        raise FlakyError("still flaky")

@@ -11,9 +11,10 @@ NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 THRESHOLD = 3.0
 
 
-def beat(ago: float, active=(), stopped=False) -> dict[str, WorkerBeat]:  # type: ignore[no-untyped-def]
+def beat(ago: float, active=(), stopped=False, suspected_ago=None):  # type: ignore[no-untyped-def]
+    suspected = None if suspected_ago is None else NOW - timedelta(seconds=suspected_ago)
     return {"w1": WorkerBeat("w1", "w1@host", NOW - timedelta(seconds=ago), frozenset(active),
-                             stopped)}
+                             stopped, suspected)}
 
 
 def run(began_ago: float, task_id="t1"):  # type: ignore[no-untyped-def]
@@ -29,8 +30,25 @@ def test_a_run_its_live_worker_lists_is_not_lost():
     assert judge(run(60), beat(0.5, active=["t1"]), orphan_after=THRESHOLD) is None
 
 
-def test_a_silent_worker_loses_its_runs():
-    assert judge(run(60), beat(4)) == "worker lost: no heartbeat from w1@host for 4 s"
+def test_a_silent_worker_loses_its_runs_only_after_its_grace(monkeypatch):
+    monkeypatch.setattr(liveness.settings, "interval", 1.0)  # grace: 1.5 s
+    assert judge(run(60), beat(4)) is None  # not suspected yet: MongoDB may have been down
+    assert judge(run(60), beat(4, suspected_ago=1)) is None  # within the grace
+    assert judge(run(60), beat(4, suspected_ago=2)) == (
+        "worker lost: no heartbeat from w1@host for 4 s"
+    )
+
+
+def test_suspicion_is_marked_once_and_a_beat_clears_it(coll, monkeypatch):
+    monkeypatch.setattr(liveness.WorkerIdentity, "instance", "w1")
+    liveness.beat(coll, [])
+    coll.update_one({"_id": "w1"}, {"$set": {"heartbeat_at": NOW - timedelta(seconds=10)}})
+    first = liveness.suspect_silent(coll, threshold=THRESHOLD, now=NOW)["w1"].suspected_at
+    later = NOW + timedelta(seconds=5)
+    assert liveness.suspect_silent(coll, threshold=THRESHOLD, now=later)["w1"].suspected_at \
+        == first == NOW
+    liveness.beat(coll, [])  # alive after all: MongoDB was only down
+    assert liveness.read_beats(coll)["w1"].suspected_at is None
 
 
 def test_a_worker_that_stopped_while_running_loses_its_runs():
@@ -57,9 +75,14 @@ def test_a_run_a_live_worker_no_longer_lists_is_orphaned_only_past_the_threshold
 def test_mark_gone_marks_silent_workers_then_prunes_them(coll):
     coll.insert_many([
         {"_id": "live", "heartbeat_at": NOW - timedelta(seconds=1), "stopped": False},
-        {"_id": "silent", "heartbeat_at": NOW - timedelta(seconds=10), "stopped": False},
+        {"_id": "silent", "heartbeat_at": NOW - timedelta(seconds=10), "stopped": False,
+         "suspected_at": NOW - timedelta(seconds=60)},
+        {"_id": "just suspected", "heartbeat_at": NOW - timedelta(seconds=10), "stopped": False,
+         "suspected_at": NOW},
         {"_id": "long gone", "heartbeat_at": NOW - timedelta(days=2), "stopped": True},
     ])
     assert liveness.mark_gone(coll, threshold=THRESHOLD, prune_after=86400, now=NOW) == 1
-    assert {d["_id"]: d["stopped"] for d in coll.find()} == {"live": False, "silent": True}
+    assert {d["_id"]: d["stopped"] for d in coll.find()} == {
+        "live": False, "silent": True, "just suspected": False
+    }
     assert liveness.mark_gone(coll, threshold=THRESHOLD, prune_after=86400, now=NOW) == 0

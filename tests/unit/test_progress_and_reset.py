@@ -101,3 +101,31 @@ def test_a_dry_sweep_reports_and_writes_nothing(mongo_client, test_db):
     report = sweeper.sweep(threshold=3, classes=[UnitJob], dry_run=True)
     assert f"UnitJob({job.pk})" in report.failed
     assert raw(job) == before
+
+
+def test_cancel_returns_while_the_broker_does_not_take_the_revoke(publisher, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from procstatus import dispatch
+
+    released = threading.Event()
+    sent: list[str] = []
+
+    def revoke_into_a_dead_broker(task_id, **_):  # type: ignore[no-untyped-def]
+        released.wait(30)  # as Celery's broadcast retries while the broker is down
+        sent.append(task_id)
+
+    publisher.app = SimpleNamespace(
+        conf=publisher.app.conf, control=SimpleNamespace(revoke=revoke_into_a_dead_broker)
+    )
+    monkeypatch.setattr(dispatch, "REVOKE_WAIT", 0.2)
+    job = UnitJob.create(name="cancel, broker down")
+    task_id = make_running(job)
+    assert job.cancel() is True  # returned while the revoke is still blocked
+    assert sent == [] and raw(job)["process_status"] == "FAILURE"
+    released.set()
+    deadline_thread = [t for t in threading.enumerate() if t.name.endswith(task_id)]
+    for thread in deadline_thread:
+        thread.join(10)
+    assert sent == [task_id]
