@@ -11,7 +11,9 @@ the read-only path imports no Celery.
 
 Every read goes through :mod:`procstatus.queries`; every status write through
 :mod:`procstatus.transitions` (reset), :mod:`procstatus.endings` (cancel), a process
-call (retry) or :mod:`procstatus.sweeper` (sweep).
+call (retry) or :mod:`procstatus.sweeper` (sweep). The session (what the global options
+name) and the writes on one document live in :mod:`procstatus.operating`, shared with
+the web dashboard (``procstatus dashboard``, :mod:`procstatus.dashboard`).
 
 Exit codes: 0 fine; 1 something to look at (a refusal, failures, lost runs, silent
 workers, an id not found); 2 usage or connection errors, in one line saying how to fix it.
@@ -20,21 +22,16 @@ workers, an id not found); 2 usage or connection errors, in one line saying how 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pymongo import MongoClient
-from pymongo.database import Database
-from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 try:
     import typer
@@ -48,9 +45,22 @@ except ModuleNotFoundError as missing:  # installed without the extra
         "pip install 'procstatus[cli]'"
     ) from None
 
-from procstatus import queries
+from procstatus import operating, queries
+from procstatus.operating import (  # noqa: F401  (part of this module's interface)
+    DEFAULT_URI,
+    START_SERVER_HINT,
+    NotFound,
+    OperatorError,
+    Session,
+    fmt_age,
+    redact,
+)
+from procstatus.operating import first_line as _first_line
 from procstatus.queries import ListQuery, Row, Source
-from procstatus.status import PROCESSING, ProcessStatus
+from procstatus.status import ProcessStatus
+
+CliError = OperatorError
+"""A problem the operator can fix: one line saying what was wrong and how to fix it."""
 
 logger = logging.getLogger("procstatus")
 
@@ -58,14 +68,9 @@ EXIT_OK = 0
 EXIT_ATTENTION = 1
 EXIT_USAGE = 2
 
-DEFAULT_URI = "mongodb://127.0.0.1:27017"
 PRUNE_AFTER = 24 * 3600.0
 """Seconds after its last beat that ``workers --prune`` deletes a stopped heartbeat
 (the sweeper's ``PRUNE_HEARTBEATS_AFTER``; not imported, since that loads Celery)."""
-START_SERVER_HINT = (
-    "Start the server (`mongod --dbpath DIR`, or `docker compose up -d mongo` in a "
-    "procstatus checkout) or point --mongodb-uri (or MONGODB_URI) at one that runs"
-)
 STATUS_STYLE = {
     "READY": "dim",
     "PENDING": "yellow",
@@ -85,21 +90,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CliError(Exception):
-    """A problem the operator can fix: one line saying what was wrong and how to fix it."""
-
-
-def redact(uri: str | None) -> str:
-    """``uri`` with any password replaced by ``***`` (as :func:`procstatus.hooks.redact`,
-    which imports Celery)."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", uri or "")
-
-
-def _first_line(exc: BaseException) -> str:
-    # pymongo's message ends with a long topology description; the first part says it.
-    return re.split(r" \(configured timeouts|, Timeout:|\n", str(exc))[0][:300]
 
 
 def _interactive() -> bool:
@@ -148,20 +138,6 @@ def handles_errors(command: F) -> F:
 # --- formatting ------------------------------------------------------------------------
 
 
-def fmt_age(seconds: float | None) -> str:
-    """``12s``, ``4m05s``, ``2h05m``, ``3d04h``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def fmt_progress(done: int | None, total: int | None, width: int = 10) -> str:
     """``██████░░░░  60% 6/10``; just the count when the total is unknown; ``''`` if none."""
     if done is None:
@@ -191,265 +167,18 @@ def _one_line(text: str | None, width: int = 60) -> str:
 
 def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``10m``, ``2h``, ``1d`` → seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
-    if match is None:
-        raise typer.BadParameter(f"{text!r} is not a duration: use e.g. 90, 30s, 10m, 2h or 1d")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * unit
+    try:
+        return operating.parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def parse_statuses(values: Sequence[str] | None) -> tuple[str, ...]:
     """Status names (any case), or the groups ``processing`` / ``completed``."""
-    if not values:
-        return queries.STATUSES
-    chosen: list[str] = []
-    for value in values:
-        for word in value.split(","):
-            name = word.strip().upper()
-            if name == "PROCESSING":
-                chosen.extend(queries.PROCESSING_STATUSES)
-            elif name == "COMPLETED":
-                chosen.extend(queries.COMPLETED_STATUSES)
-            elif name == "WAITING":
-                chosen.append(ProcessStatus.WAITING_FOR_RESULT.value)
-            elif name in queries.STATUSES:
-                chosen.append(name)
-            else:
-                raise typer.BadParameter(
-                    f"{word!r} is not a status: use {', '.join(queries.STATUSES)}, "
-                    "processing or completed"
-                )
-    return tuple(s for s in queries.STATUSES if s in chosen)
-
-
-# --- the session: app module, connection, sources ----------------------------------------
-
-
-@dataclass
-class Session:
-    """What the global options name, connected on first use."""
-
-    app_module: str | None = None
-    mongodb_uri: str | None = None
-    uri_origin: str = "--mongodb-uri"
-    db_name: str | None = None
-    server_timeout: float = 3.0
-    alias: str = "default"
-    uri: str = DEFAULT_URI
-    database: Database | None = None
-    skipped: list[str] = field(default_factory=list)
-    _sources: list[Source] | None = None
-
-    # --- connecting ----------------------------------------------------------------------
-
-    def connect(self) -> Database:
-        if self.database is not None:
-            return self.database
-        if self.app_module:
-            _import_app(self.app_module)
-        uri, origin, db = self._resolve()
-        self.uri = uri
-        try:
-            database = self._open(uri, db)
-            database.client.admin.command("ping")
-        except OperationFailure as exc:
-            reason = (exc.details or {}).get("errmsg", str(exc))
-            raise CliError(
-                f"MongoDB at {redact(uri)} ({origin}) refused the connection: {reason}. "
-                "Check the user, password and authSource in the URI."
-            ) from None
-        except (ConfigurationError, InvalidURI, ValueError, TypeError) as exc:
-            raise CliError(
-                f"{redact(uri)} ({origin}) is not a valid MongoDB URI ({exc}). Use the form "
-                "mongodb://HOST:PORT or mongodb+srv://..."
-            ) from None
-        except PyMongoError as exc:
-            raise CliError(
-                f"cannot reach MongoDB at {redact(uri)} ({origin}) within "
-                f"{self.server_timeout:g}s: {_first_line(exc)}. {START_SERVER_HINT}."
-            ) from None
-        self.database = database
-        return database
-
-    def _resolve(self) -> tuple[str, str, str]:
-        """The URI, where it came from, and the database name."""
-        from mongoengine.connection import _connection_settings
-
-        from procstatus import connection, liveness
-
-        self.alias = liveness.settings.alias
-        # Without -A, what this process was told (by install() or mongoengine) is no default.
-        configured = connection._configured.get(self.alias) if self.app_module else None
-        defined = _connection_settings.get(self.alias) if self.app_module else None
-        defined_host = _host_of(defined)
-        module = f"-A {self.app_module}"
-        if self.mongodb_uri and not self.mongodb_uri.startswith(("mongodb://", "mongodb+srv://")):
-            raise CliError(
-                f"{self.uri_origin} {redact(self.mongodb_uri)!r} is not a MongoDB URI: use the "
-                "form mongodb://HOST:PORT or mongodb+srv://..."
-            )
-        if self.mongodb_uri:
-            uri, origin = self.mongodb_uri, f"from {self.uri_origin}"
-        elif configured is not None:
-            uri, origin = configured.uri, f"from install() in {module}"
-        elif defined_host is not None:
-            uri, origin = defined_host, f"from the mongoengine connection of {module}"
-        else:
-            uri, origin = DEFAULT_URI, "the default; set --mongodb-uri or MONGODB_URI"
-        db = (
-            self.db_name
-            or _database_in(uri)
-            or (configured.db if configured is not None else None)
-            or (defined.get("name") if defined else None)
-        )
-        if not db:
-            raise CliError(
-                "no database named: pass --db NAME (or a URI with the database, "
-                "mongodb://HOST:PORT/NAME, or -A MODULE whose install() names mongodb_db)"
-            )
-        return uri, origin, db
-
-    def _open(self, uri: str, db: str) -> Database:
-        timeout_ms = int(self.server_timeout * 1000)
-        if not self.app_module:
-            client: MongoClient = MongoClient(
-                uri, serverSelectionTimeoutMS=timeout_ms, connect=False
-            )
-            return client[db]
-        # The app's classes read and write through mongoengine's connection for the alias
-        # install() named: point it at the same server (made here, with a short timeout,
-        # unless this process already has that very connection).
-        import mongoengine
-        from mongoengine.connection import _connection_settings, get_db
-
-        from procstatus import connection
-
-        defined = _connection_settings.get(self.alias)
-        if defined is None or (_host_of(defined), defined.get("name")) != (uri, db):
-            mongoengine.disconnect(self.alias)
-            mongoengine.connect(
-                db=db, host=uri, alias=self.alias, connect=False,
-                serverSelectionTimeoutMS=timeout_ms,
-            )
-            connection.configure(self.alias, uri, db)
-        database: Database = get_db(self.alias)
-        return database
-
-    # --- what to look at -------------------------------------------------------------------
-
-    def sources(self, class_name: str | None = None) -> list[Source]:
-        """The Proc collections (by class with -A, by collection without), maybe one."""
-        if self._sources is None:
-            self._sources = self._find_sources()
-        chosen = queries.select(self._sources, class_name)
-        if not chosen:
-            known = ", ".join(s.name for s in self._sources)
-            raise CliError(f"no class or collection {class_name!r}; known: {known}")
-        return chosen
-
-    def _find_sources(self) -> list[Source]:
-        database = self.connect()
-        if not self.app_module:
-            found = queries.discover(database)
-            if not found:
-                listing = ", ".join(sorted(database.list_collection_names())[:15]) or "none"
-                raise CliError(
-                    f"database {database.name!r} at {redact(self.uri)} holds no collection of "
-                    f"Proc documents (its collections: {listing}). Check --db, or pass "
-                    "-A MODULE (the module your workers load with celery -A)"
-                )
-            return found
-        from mongoengine import DEFAULT_CONNECTION_NAME
-        from mongoengine.connection import get_db
-
-        from procstatus import connection
-        from procstatus.sweeper import proc_classes
-
-        found = []
-        for cls in sorted(proc_classes(), key=lambda c: c.__name__):
-            alias = cls._meta.get("db_alias") or DEFAULT_CONNECTION_NAME
-            if alias == self.alias:
-                class_db = database
-            else:
-                connection.ensure(alias)
-                if not connection.is_defined(alias):
-                    self.skipped.append(f"{cls.__name__} (db_alias {alias!r})")
-                    continue
-                class_db = get_db(alias)
-            found.append(Source(cls.__name__, class_db[cls._get_collection_name()], cls))
-        if not found:
-            raise CliError(
-                f"-A {self.app_module} defines no Proc class: import the modules that define "
-                "your Proc subclasses in it (your workers need them too)"
-            )
-        return found
-
-    def require_classes(self, command: str) -> None:
-        if not self.app_module:
-            raise CliError(
-                f"procstatus {command} needs your Proc classes: pass -A MODULE (the module "
-                "your workers load with celery -A), e.g. procstatus -A myapp.tasks "
-                f"{command} ..."
-            )
-
-    def locate(self, text: str, class_name: str | None) -> tuple[Source, Any]:
-        """The one document with id ``text``; :class:`NotFound` if none or several."""
-        matches = queries.find_id(self.sources(class_name), text)
-        if not matches:
-            where = class_name or "any class"
-            raise NotFound(f"no document with id {text} in {where}")
-        if len(matches) > 1:
-            names = ", ".join(s.name for s, _ in matches)
-            raise NotFound(f"id {text} names documents in {names}: pass --class")
-        return matches[0]
-
-    def workers_collection(self) -> Any:
-        from procstatus.liveness import WORKERS_COLLECTION
-
-        return self.connect()[WORKERS_COLLECTION]
-
-    def threshold(self) -> float:
-        from procstatus import liveness
-
-        return liveness.settings.threshold
-
-
-class NotFound(Exception):
-    """An id that names no document, or more than one."""
-
-
-def _host_of(settings: dict[str, Any] | None) -> str | None:
-    if not settings:
-        return None
-    host = settings.get("host")
-    if isinstance(host, (list, tuple)):
-        host = host[0] if host else None
-    return str(host) if host else None
-
-
-def _database_in(uri: str) -> str | None:
-    """The database named in the URI's path (``mongodb://HOST/NAME``), if any."""
-    match = re.match(r"^mongodb(?:\+srv)?://[^/?]*/([^?]+)", uri)
-    return match.group(1) if match else None
-
-
-def _import_app(module: str) -> None:
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # as `celery -A` does
     try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            raise CliError(
-                f"-A {module}: no module named {exc.name!r} here ({cwd}). Run procstatus from "
-                "the directory your workers start in, or add that directory to PYTHONPATH"
-            ) from None
-        raise CliError(f"-A {module}: importing it failed: ModuleNotFoundError: {exc}") from None
-    except Exception as exc:
-        raise CliError(
-            f"-A {module}: importing it failed: {type(exc).__name__}: {_first_line(exc)}"
-        ) from None
+        return operating.parse_statuses(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _session(ctx: typer.Context) -> Session:
@@ -528,11 +257,7 @@ def status(
     rows = [queries.counts(source, now=now) for source in sources]
     code = EXIT_ATTENTION if any(r.failures_last_hour for r in rows) else EXIT_OK
     if as_json:
-        _json_out({
-            "database": session.connect().name,
-            "classes": [r.as_dict(now) for r in rows],
-            "skipped": session.skipped,
-        })
+        _json_out(operating.status_json(session.connect().name, rows, session.skipped, now))
         raise typer.Exit(code)
     table = Table(title=f"process statuses in {session.connect().name}", title_justify="left")
     table.add_column("class", no_wrap=True)
@@ -664,38 +389,11 @@ def show(
     if detail is None:
         _warn(f"{source.name}({document_id}) no longer exists")
         raise typer.Exit(EXIT_ATTENTION)
-    detail["children"] = _children(source, pk)
+    detail["children"] = operating.children_summary(source, pk)
     if as_json:
         _json_out(detail)
         return
     _print_detail(detail)
-
-
-def _children(source: Source, pk: Any) -> dict[str, Any] | None:
-    """The children's counts by status, when the class (known through -A) has children()."""
-    from procstatus.document import Proc
-
-    cls = source.cls
-    if cls is None or getattr(cls, "children", Proc.children) is Proc.children:
-        return None
-    parent = cls.objects(pk=pk).first()  # type: ignore[attr-defined]
-    if parent is None:
-        return None
-    try:
-        children = parent.children()
-    except NotImplementedError:
-        return None
-    except Exception as exc:
-        return {"class": None, "error": f"children() raised {type(exc).__name__}: {exc}"}
-    collection = getattr(children, "_collection", None)
-    query = getattr(children, "_query", None)
-    if collection is None or not isinstance(query, dict):
-        return {"class": None, "error": "children() did not return a mongoengine QuerySet"}
-    document = getattr(children, "_document", None)
-    return {
-        "class": getattr(document, "__name__", None),
-        "counts": queries.children_counts(collection, query),
-    }
 
 
 def _print_detail(detail: dict[str, Any]) -> None:
@@ -760,8 +458,6 @@ def cancel(
     """
     session = _session(ctx)
     session.require_classes("cancel")
-    from procstatus import endings, transitions
-
     code = EXIT_OK
     for text in ids:
         try:
@@ -770,20 +466,12 @@ def cancel(
             _warn(str(exc))
             code = EXIT_ATTENTION
             continue
-        assert source.cls is not None
-        label = f"{source.name}({pk})"
-        before = transitions.read_state(source.collection, pk) or {}
-        proc = source.cls.objects(pk=pk).first()  # type: ignore[attr-defined]
-        if proc is None or not endings.cancel(proc, terminate=terminate):
-            now_status = proc.process_status if proc is not None else "deleted"
-            _warn(f"{label} is {now_status}: nothing to cancel")
+        outcome = operating.cancel_document(source, pk, terminate=terminate)
+        if outcome.ok:
+            _say(outcome.message)
+        else:
+            _warn(outcome.message)
             code = EXIT_ATTENTION
-            continue
-        _say(
-            f"cancelled {label}: was {before.get('process_status')} "
-            f"({before.get('current_process')}), now FAILURE"
-            + ("; its worker was told to kill the process running it" if terminate else "")
-        )
     raise typer.Exit(code)
 
 
@@ -832,19 +520,15 @@ def reset(
             code = EXIT_ATTENTION
             continue
         state = transitions.read_state(source.collection, pk) or {}
-        current = state.get("process_status")
-        label = f"{source.name}({pk})"
-        if current == ProcessStatus.READY.value:
-            _warn(f"{label} is already READY")
-            code = EXIT_ATTENTION
-        elif current in {s.value for s in PROCESSING} and not force:
-            _warn(
-                f"{label} is {current} ({state.get('current_process')}): refused, a worker may "
-                "be running it. Cancel it first (procstatus cancel), or pass --force"
-            )
+        refusal = operating.reset_refusal(
+            source, pk, state, force=force,
+            hint="Cancel it first (procstatus cancel), or pass --force",
+        )
+        if refusal is not None:
+            _warn(refusal)
             code = EXIT_ATTENTION
         else:
-            plan.append((source, pk, str(current)))
+            plan.append((source, pk, str(state.get("process_status"))))
     if plan and _interactive() and not yes:
         for source, pk, current in plan:
             _say(f"  {source.name}({pk}): {current} → READY")
@@ -852,18 +536,12 @@ def reset(
             _warn("nothing reset")
             raise typer.Exit(EXIT_ATTENTION)
     for source, pk, _current in plan:
-        label = f"{source.name}({pk})"
-        before = transitions.reset(source.collection, pk, force=force)
-        if before is None:
-            _warn(f"{label} changed meanwhile: not reset")
+        outcome = operating.reset_document(source, pk, force=force)
+        if outcome.ok:
+            _say(outcome.message)
+        else:
+            _warn(outcome.message)
             code = EXIT_ATTENTION
-            continue
-        was = before.get("process_status")
-        logger.warning(
-            "operator reset %s: %s (%s) → READY%s", label, was, before.get("current_process"),
-            " (forced)" if force else "",
-        )
-        _say(f"reset {label}: {was} → READY")
     raise typer.Exit(code)
 
 
@@ -890,15 +568,10 @@ def retry(
     """
     session = _session(ctx)
     session.require_classes("retry")
-    from procstatus import dispatch
-    from procstatus.errors import ProcessAlreadyRunning
-
     sources = session.sources(class_name)
     if len(sources) > 1:
         raise CliError(f"--class {class_name} names {', '.join(s.name for s in sources)}")
     source = sources[0]
-    cls = source.cls
-    assert cls is not None
     query = ListQuery(
         statuses=(ProcessStatus.FAILURE.value,), process=process, limit=limit, oldest_first=True
     )
@@ -911,41 +584,21 @@ def retry(
     _say(f"{matching} {what}; {'would retry' if dry_run else 'retrying'} {len(rows)}")
     code = EXIT_OK
     for row in rows:
-        label = f"{source.name}({row.id}).{row.current_process}"
-        spec = dispatch.process_spec(cls, row.current_process or "")
-        if spec is None:
-            _warn(f"{label}: not a @process method of {source.name}: skipped")
+        plan = operating.plan_retry(source, row.id, row.current_process)
+        if isinstance(plan, str):
+            _warn(plan)
             code = EXIT_ATTENTION
             continue
-        proc = cls.objects(pk=row.id).first()  # type: ignore[attr-defined]
-        arguments = getattr(proc, "process_arguments", None)
-        if proc is None or not isinstance(arguments, dict):
-            _warn(f"{label}: no stored arguments (it ran before they were stored): skipped")
-            code = EXIT_ATTENTION
-            continue
-        args = list(arguments.get("args") or [])
-        kwargs = dict(arguments.get("kwargs") or {})
-        call = _call_text(row.current_process or "", args, kwargs)
         if dry_run:
-            _say(f"would call {source.name}({row.id}).{call}")
+            _say(f"would call {plan.describe()}")
             continue
-        try:
-            getattr(proc, spec.name)(*args, **kwargs)
-        except ProcessAlreadyRunning:
-            _warn(f"{label}: refused, it was called again meanwhile")
+        outcome = plan.call()
+        if outcome.ok:
+            _say(outcome.message)
+        else:
+            _warn(outcome.message)
             code = EXIT_ATTENTION
-            continue
-        except Exception as exc:
-            _warn(f"{label}: the call failed: {type(exc).__name__}: {_first_line(exc)}")
-            code = EXIT_ATTENTION
-            continue
-        _say(f"called {source.name}({row.id}).{call}: {proc.process_status}")
     raise typer.Exit(code)
-
-
-def _call_text(name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
-    parts = [json.dumps(a) for a in args] + [f"{k}={json.dumps(v)}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(parts)})"
 
 
 # --- sweep -------------------------------------------------------------------------------
@@ -1044,6 +697,9 @@ def workers(
     if prune:
         from procstatus import liveness
 
+        # A silent worker is first suspected; a later prune or sweep past the grace marks
+        # it stopped (silence alone may be a MongoDB outage: see procstatus.liveness).
+        liveness.suspect_silent(collection, threshold=limit, now=now)
         marked = liveness.mark_gone(collection, threshold=limit, prune_after=PRUNE_AFTER, now=now)
         found = queries.workers(collection, threshold=limit, now=now)
     if as_json:
@@ -1169,6 +825,86 @@ def _progress_cell(row: Row) -> RenderableType:
         Text(f"{fraction * 100:3.0f}% {row.progress_done}/{row.progress_total}"),
     )
     return grid
+
+
+# --- dashboard ---------------------------------------------------------------------------
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+@app.command()
+@handles_errors
+def dashboard(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (default: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8765,
+    allow_actions: Annotated[
+        bool,
+        typer.Option("--allow-actions",
+                     help="offer cancel, retry and reset on a document (POSTs carrying the token)"),
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="PROCSTATUS_DASHBOARD_TOKEN", metavar="TOKEN",
+                     help="the actions' token (default: a new one, printed at start)"),
+    ] = None,
+    refresh: Annotated[float, typer.Option("--refresh", min=0.2, max=2.0, hidden=True)] = 2.0,
+) -> None:
+    """A live web page: counts per class and status, the documents under way, recent
+    failures grouped by cause, documents with their children, workers; JSON under /api.
+
+    Read-only unless --allow-actions (which needs -A). Needs the dashboard extra:
+    pip install 'procstatus[dashboard]'.
+    """
+    import secrets
+    import socket
+
+    try:
+        import uvicorn
+
+        from procstatus.dashboard import create_app
+    except ModuleNotFoundError as missing:
+        raise CliError(
+            f"the dashboard needs {missing.name}, which is not installed: "
+            "pip install 'procstatus[dashboard]'"
+        ) from None
+    session = _session(ctx)
+    if allow_actions:
+        session.require_classes("dashboard --allow-actions")
+        if token is not None and len(token) < 12:
+            raise CliError("--token (or PROCSTATUS_DASHBOARD_TOKEN) must be at least 12 "
+                           "characters: it is all that stands between a visitor and an action")
+    session.sources()  # connects: a wrong URI or database fails here, in one line
+    database = session.connect().name
+    token_set = token is not None
+    if allow_actions and token is None:
+        token = secrets.token_urlsafe(18)
+    loopback = host in LOOPBACK_NAMES
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Pass "
+                           "another --port, or stop what uses it") from None
+    web = create_app(
+        session, allow_actions=allow_actions, token=token if allow_actions else None,
+        refresh_s=refresh, allowed_hosts=list(LOOPBACK_NAMES) if loopback else None,
+    )
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    mode = "actions enabled" if allow_actions else "read-only"
+    _say(f"procstatus dashboard for {database}: {url} ({mode}; Ctrl-C stops it)")
+    if allow_actions and token_set:
+        _say("actions need the token you set (--token or PROCSTATUS_DASHBOARD_TOKEN)")
+    elif allow_actions:
+        _say(f"actions need this token: {token}")
+        _say(f"or open {url}#token={token} to act from the page")
+    if not loopback:
+        _warn(f"warning: listening on {host}: whoever reaches this port reads every status"
+              + (", and acts with the token" if allow_actions else ""))
+    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
 
 
 # --- entry points ------------------------------------------------------------------------

@@ -128,7 +128,8 @@ class Source:
         return str(self.collection.name)
 
     def status_hint(self) -> list[tuple[str, int]] | None:
-        """The status index that list queries name as their hint (read once).
+        """The status index that list queries name as their hint when they need one
+        (:func:`needs_hint`); read once.
 
         Filters that add fields the index lacks (process, worker) are answered through
         it anyway: the index bounds the statuses and times, the rest is checked on the
@@ -336,16 +337,21 @@ class ListQuery:
     """A worker instance id, or the start of a worker hostname (``main`` → ``main@host``)."""
     limit: int = DEFAULT_LIMIT
     oldest_first: bool = False
+    changed_within: float | None = None
+    """Seconds: only documents whose status changed within this long (recent failures)."""
 
     def finds(self, now: datetime) -> list[dict[str, Any]]:
         """The find commands' arguments (filter, sort, limit) that answer this query.
 
-        Each filter leads with ``process_status`` (``$in``) so the status index answers
-        it. With ``older_than``, documents never run (READY, no status change yet) are
-        judged by their creation time in a second find, since one filter with ``$or``
-        could not use the index.
+        Each filter leads with ``process_status`` (one status by equality, several with
+        ``$in``) so the status index answers it. With ``older_than``, documents never run
+        (READY, no status change yet) are judged by their creation time in a second find,
+        since one filter with ``$or`` could not use the index.
         """
-        base: dict[str, Any] = {"process_status": {"$in": list(self.statuses)}}
+        statuses = list(self.statuses)
+        base: dict[str, Any] = {
+            "process_status": statuses[0] if len(statuses) == 1 else {"$in": statuses}
+        }
         if self.process is not None:
             base["current_process"] = self.process
         if self.worker is not None:
@@ -357,17 +363,41 @@ class ListQuery:
         # By the index's second key alone: mongod merges the statuses' ranges and stops
         # at the limit (a tie-breaker on _id would sort every match in memory).
         sort = [("status_changed_at", order)]
-        if self.older_than is None:
+        changed: dict[str, datetime] = {}
+        if self.changed_within is not None:
+            changed["$gte"] = now - timedelta(seconds=self.changed_within)
+        if self.older_than is not None:
+            changed["$lt"] = now - timedelta(seconds=self.older_than)
+        if not changed:
             return [{"filter": base, "sort": sort, "limit": self.limit}]
-        cutoff = now - timedelta(seconds=self.older_than)
-        finds = [{"filter": {**base, "status_changed_at": {"$lt": cutoff}}, "sort": sort,
+        finds = [{"filter": {**base, "status_changed_at": changed}, "sort": sort,
                   "limit": self.limit}]
-        if ProcessStatus.READY.value in self.statuses and self.worker is None:
+        if (self.older_than is not None and self.changed_within is None
+                and ProcessStatus.READY.value in self.statuses and self.worker is None):
             never_run = {**base, "process_status": ProcessStatus.READY.value,
-                         "status_changed_at": None, "create_time": {"$lt": cutoff}}
+                         "status_changed_at": None, "create_time": {"$lt": changed["$lt"]}}
             finds.append({"filter": never_run, "sort": [("create_time", order)],
                           "limit": self.limit})
         return finds
+
+
+def needs_hint(filter: Mapping[str, Any]) -> bool:
+    """Whether a find must name the status index as its hint to be answered through it.
+
+    A filter on ``process_status`` alone, or on one status and a ``status_changed_at``
+    range, is answered through a status index by any server's planner. A filter that
+    adds other fields (process, worker, creation time), or a range under several
+    statuses, needs the hint on a server whose planner only takes an index covering
+    every filtered field (SecantusDB). The hint is not given where it is not needed:
+    SecantusDB answers a hinted find by walking and decoding the whole index, every
+    document of the collection (about 30 s at 200k documents), where the same find
+    unhinted reads only the statuses' index ranges.
+    """
+    keys = set(filter)
+    if keys == {"process_status"}:
+        return False
+    single = not isinstance(filter.get("process_status"), Mapping)
+    return not (keys == {"process_status", "status_changed_at"} and single)
 
 
 def _row(source: Source, document: Mapping[str, Any], now: datetime) -> Row:
@@ -402,10 +432,10 @@ def list_documents(
     now = now or utcnow()
     rows: list[Row] = []
     for source in sources:
-        hint = source.status_hint()
         for find in query.finds(now):
             cursor = source.collection.find(find["filter"], _LIST_FIELDS)
             cursor = cursor.sort(find["sort"]).limit(find["limit"])
+            hint = source.status_hint() if needs_hint(find["filter"]) else None
             if hint is not None:
                 cursor = cursor.hint(hint)
             rows.extend(_row(source, document, now) for document in cursor)
@@ -417,11 +447,12 @@ def list_documents(
 def count_matching(source: Source, query: ListQuery, *, now: datetime | None = None) -> int:
     """How many documents of ``source`` match ``query``, regardless of its limit."""
     now = now or utcnow()
-    hint = source.status_hint()
-    options: dict[str, Any] = {"hint": hint} if hint is not None else {}
-    return sum(
-        int(source.collection.count_documents(f["filter"], **options)) for f in query.finds(now)
-    )
+    total = 0
+    for find in query.finds(now):
+        hint = source.status_hint() if needs_hint(find["filter"]) else None
+        options: dict[str, Any] = {"hint": hint} if hint is not None else {}
+        total += int(source.collection.count_documents(find["filter"], **options))
+    return total
 
 
 # --- one document ----------------------------------------------------------------------
@@ -487,6 +518,35 @@ def children_counts(collection: Collection, children_filter: Mapping[str, Any]) 
         if row["_id"] in by_status:
             by_status[row["_id"]] = int(row["n"])
     return by_status
+
+
+def children_rows(
+    source: Source, children_filter: Mapping[str, Any], *,
+    statuses: Sequence[str] | None = None, limit: int = DEFAULT_LIMIT,
+    now: datetime | None = None,
+) -> list[Row]:
+    """The first ``limit`` children (documents of ``source`` matching ``children_filter``,
+    in ``statuses`` when given), in the order of the index the filter uses (the parent
+    reference, typically).
+
+    One find on the children's filter alone: the statuses are checked on the documents
+    it yields, so the query stays on that index (a filter adding ``process_status``
+    would need an index on both on a server like SecantusDB), and it reads at most the
+    parent's own children.
+    """
+    now = now or utcnow()
+    wanted = None if statuses is None else set(statuses)
+    rows: list[Row] = []
+    cursor = source.collection.find(dict(children_filter), _LIST_FIELDS)
+    if wanted is None:
+        cursor = cursor.limit(limit)
+    for document in cursor:
+        if wanted is None or document.get("process_status") in wanted:
+            rows.append(_row(source, document, now))
+            if len(rows) >= limit:
+                break
+    cursor.close()
+    return rows
 
 
 # --- workers ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need, idempotently: the project venv (.venv),
-# SecantusDB in a venv of its own (.secantus-venv, skipped when MONGODB_URI is set),
-# and a running Redis (skipped when CELERY_BROKER_URL is set).
+# Installs what the demo and the tests need, idempotently: the project venv (.venv, with
+# the dashboard extra and playwright), Debian's chromium for the dashboard's browser test
+# (as root; playwright drives it, no browser is downloaded), SecantusDB in a venv of its
+# own (.secantus-venv, skipped when MONGODB_URI is set), and a running Redis (skipped when
+# CELERY_BROKER_URL is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +18,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.procstatus-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing procstatus[test,datafix,cli] into .venv"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,datafix,cli]'
+  say "installing procstatus[test,datafix,cli,dashboard] and playwright into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    -e '.[test,datafix,cli,dashboard]' 'playwright>=1.40'
   touch "$stamp"
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Debian's chromium (for tests/test_dashboard_browser.py)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
+  else
+    say "chromium is missing and this is not root: run 'apt-get install chromium' for the browser test"
+  fi
 fi
 
 if [ -z "${MONGODB_URI:-}" ]; then

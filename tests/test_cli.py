@@ -28,7 +28,7 @@ from typer.testing import CliRunner, Result
 
 from devtools import services
 from devtools.services import REPO_ROOT, wait_for
-from procstatus import ProcessStatus, cli, queries
+from procstatus import ProcessStatus, cli, liveness, queries
 from procstatus.liveness import WORKERS_COLLECTION, pid_alive
 
 runner = CliRunner()
@@ -74,8 +74,10 @@ def raw(
     db[WORKERS_COLLECTION].insert_many([
         {"_id": INSTANCE, "hostname": "alpha@host", "pid": 11, "heartbeat_at": ago(),
          "active": ["t-1"], "stopped": False},
+        # Silent, and suspected by a sweep since: only then may --prune mark it stopped.
         {"_id": "b" * 32, "hostname": "beta@host", "pid": 12,
-         "heartbeat_at": ago(minutes=5), "active": [], "stopped": False},
+         "heartbeat_at": ago(minutes=5), "suspected_at": ago(minutes=4), "active": [],
+         "stopped": False},
     ])
     return {"uri": mongodb_uri, "db": fresh_db_name, "database": db, "failed": failed}
 
@@ -537,8 +539,17 @@ def test_sweep_ends_a_run_whose_worker_was_killed_and_a_message_never_taken(
         instance] == "silent"
 
     labels = {f"CliJob({lost.pk})", f"CliJob({never.pk})"}
-    dry = invoke_app("sweep", "--class", "CliJob", "--pending-timeout", "0", "--dry-run",
-                     "--json")
+    # Silence condemns a worker only once a sweep has suspected it and a grace has passed
+    # (liveness.grace()); a dry run suspects nobody, so suspect it as a sweep would.
+    liveness.suspect_silent(heartbeats, threshold=3.0)
+
+    def dry_run() -> Any:
+        result = invoke_app("sweep", "--class", "CliJob", "--pending-timeout", "0",
+                            "--dry-run", "--json")
+        return result if f"CliJob({lost.pk})" in json.loads(result.stdout)["failed"] else None
+
+    dry = wait_for(dry_run, timeout=30, interval=0.2,
+                   what="a dry run to find the lost run once the grace has passed")
     assert dry.exit_code == 1, dry.output
     report = json.loads(dry.stdout)
     assert report["dry_run"] and f"CliJob({lost.pk})" in report["failed"]
