@@ -27,7 +27,8 @@ failure gets a note with the command; run
 ``.venv/bin/python -m pytest tests/unit/test_model.py --hypothesis-seed=N`` or set
 ``PROCSTATUS_MODEL_SEED=N``. Hypothesis also prints the minimal failing program of steps and
 a ``@reproduce_failure(...)`` blob (put it on ``_machine_factory``). ``PROCSTATUS_MODEL_EXAMPLES``
-and ``PROCSTATUS_MODEL_STEPS`` raise the budget for a longer local hunt.
+and ``PROCSTATUS_MODEL_STEPS`` raise the budget for a longer local hunt;
+``PROCSTATUS_MODEL_SHRINK=0`` skips shrinking. ``-s`` prints what the examples reached.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, seed, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -295,10 +296,12 @@ class StateModel(RuleBasedStateMachine):
             WorkerRef(hostname=f"{TAG}-{c}@host", instance=f"{TAG}-{c}", pid=4000 + i)
             for i, c in enumerate("abc")
         ]
-        self.worker_state = {w.instance: "alive" for w in self.workers}
-        self.worker_state[self.workers[2].instance] = "absent"
-        self.drops = {w.instance: False for w in self.workers}
         self.heartbeats().delete_many({"_id": {"$in": [w.instance for w in self.workers]}})
+        self.worker_state = {w.instance: "absent" for w in self.workers}
+        self.drops = {w.instance: False for w in self.workers}
+        self.suspected = {w.instance: None for w in self.workers}  # None, "fresh" or "aged"
+        self.set_worker_state(self.workers[0], "alive")
+        self.set_worker_state(self.workers[1], "alive")
         # Filled by the spies: the status every spied write left, the waits, their joins.
         self.spied_status = {d.pk: S.READY for d in self.docs.values()}
         self.waits = {d.pk: 0 for d in self.docs.values()}
@@ -480,30 +483,46 @@ class StateModel(RuleBasedStateMachine):
             expected = []
         self.check_joins(joins_before, expected)
 
-    def write_beats(self):
-        """The heartbeats as the model's workers would have written them just now."""
-        beats = self.heartbeats()
+    def beat(self, w, active=(), stopped=False):
+        """``w``'s worker writes its heartbeat now (which also clears a suspicion)."""
         saved = (liveness.WorkerIdentity.instance, liveness.WorkerIdentity.hostname)
+        liveness.WorkerIdentity.instance, liveness.WorkerIdentity.hostname = w.instance, w.hostname
         try:
-            for w in self.workers:
-                state = self.worker_state[w.instance]
-                if state == "absent":
-                    beats.delete_one({"_id": w.instance})
-                    continue
-                active = [
-                    d.task for d in self.docs.values()
-                    if d.status is S.RUNNING and d.worker and d.worker.instance == w.instance
-                ]
-                if self.drops[w.instance]:
-                    active = []  # its pool processes died without telling anyone
-                liveness.WorkerIdentity.instance = w.instance
-                liveness.WorkerIdentity.hostname = w.hostname
-                liveness.beat(beats, active, stopped=state == "stopped")
-                if state == "dead":
-                    past = datetime.now(timezone.utc) - AGE
-                    beats.update_one({"_id": w.instance}, {"$set": {"heartbeat_at": past}})
+            liveness.beat(self.heartbeats(), active, stopped=stopped)
         finally:
             liveness.WorkerIdentity.instance, liveness.WorkerIdentity.hostname = saved
+        self.suspected[w.instance] = None
+
+    def set_worker_state(self, w, state, drops=False, suspected=False):
+        """Alive, stopped (said so), dead (silent for long: AGE) or absent (never beat).
+
+        A dead worker may already have been suspected by an earlier sweep, long ago.
+        """
+        if state == "dead" and self.worker_state[w.instance] != "dead":
+            self.beat(w)
+            past = datetime.now(timezone.utc) - AGE
+            moved = {"heartbeat_at": past, **({"suspected_at": past} if suspected else {})}
+            self.heartbeats().update_one({"_id": w.instance}, {"$set": moved})
+            self.suspected[w.instance] = "aged" if suspected else None
+        elif state == "absent":
+            self.heartbeats().delete_one({"_id": w.instance})
+            self.suspected[w.instance] = None
+        self.worker_state[w.instance] = state
+        self.drops[w.instance] = drops and state == "alive"
+
+    def write_beats(self):
+        """Just before a sweep: live and stopping workers have just beaten, listing their runs."""
+        for w in self.workers:
+            state = self.worker_state[w.instance]
+            if state not in ("alive", "stopped"):
+                continue  # a dead worker keeps its old beat (and any suspicion)
+            active = [
+                d.task for d in self.docs.values()
+                if d.status is S.RUNNING and d.worker and d.worker.instance == w.instance
+            ]
+            if self.drops[w.instance]:
+                active = []  # its pool processes died without telling anyone
+            self.beat(w, active, stopped=state == "stopped")
 
     def lost(self, d):
         """The sweeper's verdict on a RUNNING ``d``: None, "lost" or "orphaned"."""
@@ -511,14 +530,19 @@ class StateModel(RuleBasedStateMachine):
         state = self.worker_state.get(instance, "absent")
         if state == "absent":
             return "lost" if d.aged else None
-        if state in ("dead", "stopped"):
+        if state == "stopped":
             return "lost"
+        if state == "dead":  # silence condemns only once suspected for longer than the grace
+            return "lost" if self.suspected[instance] == "aged" else None
         if self.drops[instance] and d.aged:
             return "orphaned"
         return None
 
     def do_sweep(self, pending_timeout, publish_fails):
         self.write_beats()
+        for w in self.workers:  # the sweep first suspects the silent ones
+            if self.worker_state[w.instance] == "dead" and self.suspected[w.instance] is None:
+                self.suspected[w.instance] = "fresh"
         calls_before = len(self.publisher.calls)
         joins_before = len(self.join_publisher.calls)
         expected = {k: [] for k in ("failed", "orphaned", "sent_again", "never_started")}
@@ -599,6 +623,16 @@ class StateModel(RuleBasedStateMachine):
                     collection.update_one({"_id": doc["_id"]}, {"$set": moved})
         for d in self.docs.values():
             d.aged = True
+        beats, past = self.heartbeats(), datetime.now(timezone.utc) - AGE
+        for w in self.workers:
+            if self.worker_state[w.instance] != "dead":
+                continue
+            moved = {"heartbeat_at": past}  # still silent since long, never pruned
+            suspected_at = (beats.find_one({"_id": w.instance}) or {}).get("suspected_at")
+            if suspected_at is not None:
+                moved["suspected_at"] = suspected_at - AGE
+                self.suspected[w.instance] = "aged"
+            beats.update_one({"_id": w.instance}, {"$set": moved})
 
     # --- rules -----------------------------------------------------------------------------
 
@@ -649,15 +683,17 @@ class StateModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.any_in({S.PENDING}))
     @rule(which=which_ids, worker=worker_numbers, duplicate=st.booleans(),
-          data=st.data())
+          matching=st.booleans(), data=st.data())
     @_guarded
-    def start(self, which, worker, duplicate, data):
+    def start(self, which, worker, duplicate, matching, data):
         d = self.pick(data, {S.PENDING})
         task = self.task_for(d, which, data)
         self.do_start(d, task, self.workers[worker])
-        if duplicate:  # the same message delivered again, to another worker
-            again = self.workers[(worker + 1) % 3]
-            assert transitions.start(d.coll, d.pk, task, again) is None
+        if duplicate:  # the same message delivered again, to another worker: it cannot start
+            again = (worker + 1) % 3
+            assert transitions.start(d.coll, d.pk, task, self.workers[again]) is None
+            # ... and takes over only a run lost on the worker it names (the runner's claim).
+            self.do_reclaim(d, task, again, matching)
 
     @precondition(lambda self: self.any_in({S.RUNNING}))
     @rule(which=which_ids, worker=worker_numbers, matching=st.booleans(),
@@ -665,7 +701,10 @@ class StateModel(RuleBasedStateMachine):
     @_guarded
     def reclaim(self, which, worker, matching, data):
         d = self.pick(data, {S.RUNNING})
-        task = self.task_for(d, which, data)
+        self.do_reclaim(d, self.task_for(d, which, data), worker, matching)
+
+    def do_reclaim(self, d, task, worker, matching):
+        """Reclaim for ``task``, naming as lost the run's own worker or another one."""
         lost_run = d.worker if matching and d.worker else self.workers[(worker + 1) % 3]
         lost = {"worker_instance": lost_run.instance, "worker_pid": lost_run.pid}
         new = self.workers[worker]
@@ -674,7 +713,9 @@ class StateModel(RuleBasedStateMachine):
             d.status is S.RUNNING and task == d.task and d.worker is not None
             and (d.worker.instance, d.worker.pid) == (lost_run.instance, lost_run.pid)
         )
-        assert (document is not None) == expected, f"reclaim({d.key}, {task}) → {document}"
+        assert (document is not None) == expected, (
+            f"reclaim({d.key}, {task}) won={document is not None} in {d.status}"
+        )
         if expected:
             d.worker, d.aged = new, False
             d.warnings.append("restarted after a test")
@@ -857,6 +898,7 @@ class StateModel(RuleBasedStateMachine):
         assert self.publisher.revoked[revoked_before:] == revoked
         self.check_joins(joins_before, joins)
 
+    @precondition(lambda self: self.any_in(PROCESSING | COMPLETED))
     @rule(force=st.booleans(), data=st.data())
     @_guarded
     def reset(self, force, data):
@@ -874,12 +916,10 @@ class StateModel(RuleBasedStateMachine):
             assert before is None, f"reset(force={force}) of {d.key} won in {d.status}"
 
     @rule(worker=worker_numbers, state=st.sampled_from(("alive", "dead", "stopped", "absent")),
-          drops=st.booleans())
+          drops=st.booleans(), suspected=st.booleans())
     @_guarded
-    def set_worker(self, worker, state, drops):
-        instance = self.workers[worker].instance
-        self.worker_state[instance] = state
-        self.drops[instance] = drops and state == "alive"
+    def set_worker(self, worker, state, drops, suspected):
+        self.set_worker_state(self.workers[worker], state, drops, suspected)
 
     @rule()
     @_guarded
@@ -980,13 +1020,13 @@ class StateModel(RuleBasedStateMachine):
     def drain(self):
         """No dead ends: the sweeper alone, and the joins it sends, end every document.
 
-        Every worker stops, time passes and the sweeper runs, a few rounds; each join task
+        Every worker dies, time passes and the sweeper runs, a few rounds; each join task
         sent meanwhile is delivered. Catches a state the backstop never ends, e.g. a parent
         waiting for a join nobody sends or a PENDING run the sweeper never looks at.
         """
         for w in self.workers:
-            self.worker_state[w.instance] = "stopped"
-        for _ in range(4):
+            self.set_worker_state(w, "dead")
+        for _ in range(6):
             if all(d.status in COMPLETED | {S.READY} for d in self.docs.values()):
                 break
             self.do_time_passes()
@@ -1009,6 +1049,7 @@ def _pk(text):
 
 # --- the test --------------------------------------------------------------------------------
 
+_SHRINK = os.environ.get("PROCSTATUS_MODEL_SHRINK") != "0"
 SETTINGS = settings(
     max_examples=int(os.environ.get("PROCSTATUS_MODEL_EXAMPLES", "30")),
     stateful_step_count=int(os.environ.get("PROCSTATUS_MODEL_STEPS", "40")),
@@ -1016,6 +1057,8 @@ SETTINGS = settings(
     derandomize=False,
     database=None,  # replay by seed or blob; nothing written into the work tree
     print_blob=True,
+    # PROCSTATUS_MODEL_SHRINK=0: report the first failing program as found (a quick check).
+    phases=[p for p in Phase if p is not Phase.shrink or _SHRINK],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -1037,7 +1080,7 @@ def _seed_value(request):
 # five minutes, which the suite's 300 s timeout would cut short (and hypothesis would then
 # report the interrupted replay as a FlakyFailure).
 @pytest.mark.timeout(900)
-def test_state_machine_matches_its_model(test_db, monkeypatch, request):
+def test_state_machine_matches_its_model(monkeypatch, request):
     seed_value = _seed_value(request)
     replay = f".venv/bin/python -m pytest tests/unit/test_model.py --hypothesis-seed={seed_value}"
     print(f"model seed: {seed_value} (replay: {replay})")
@@ -1045,15 +1088,15 @@ def test_state_machine_matches_its_model(test_db, monkeypatch, request):
         monkeypatch.setattr(transitions, name, _spy(name))
     monkeypatch.setattr(dispatch, "_publisher", None)
     monkeypatch.setattr(dispatch, "_join_publisher", None)
+    # The grace after a suspicion (1.5 intervals) must outlast real time and not AGE.
+    monkeypatch.setattr(liveness.settings, "interval", THRESHOLD / 3)
     monkeypatch.setattr(liveness.WorkerIdentity, "instance", liveness.WorkerIdentity.instance)
     monkeypatch.setattr(liveness.WorkerIdentity, "hostname", liveness.WorkerIdentity.hostname)
 
+    @functools.wraps(_machine_factory)  # carries a @reproduce_failure put on it
     def factory():
         return _machine_factory()
 
-    for attribute in ("_hypothesis_internal_use_reproduce_failure",):
-        if hasattr(_machine_factory, attribute):
-            setattr(factory, attribute, getattr(_machine_factory, attribute))
     try:
         run_state_machine_as_test(seed(seed_value)(factory), settings=SETTINGS)
     except BaseException as exc:
