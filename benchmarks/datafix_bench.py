@@ -3,6 +3,13 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/datafix_bench.py [--docs 100000] [--batch-size 100 ...]
+    .venv/bin/python benchmarks/datafix_bench.py --table --sizes 25000,100000 [--json F]
+
+``--table`` is what ``benchmarks/run.py`` runs: at each size, the limit and the migration
+(whole-collection mode) on identical data, the migration in a fresh process whose peak RSS
+(VmHWM) is read from /proc, and the server's CPU over each (``--server-pid``), which shows
+whether the MongoDB-protocol server is the bound; at the first size, also what the three
+row filters cost alone (three counts).
 
 Starts its own SecantusDB (devtools.services) unless MONGODB_URI is set. It seeds identical
 collections of legacy documents and times :func:`datafix.task_status_runner.migrate_collection`
@@ -238,9 +245,152 @@ def peak_heap(db: Database, n: int, batch_size: int | None, max_report_ids: int)
     return peak / 1e6
 
 
+def single_pass(coll: Collection) -> dict[str, Any]:
+    """A design tried for issue 9: one ``$switch`` pipeline update for the three rows.
+
+    The filter is the three row filters under one ``$or`` (most frequent row first, so
+    most documents are decided by one filter); the target comes from the effective legacy
+    status, which the filter has already validated. The per-status counts come from
+    index-backed counts of the new statuses before and after (the workers are stopped).
+    The in-flight and invalid listing is the same streamed ``find`` as today's.
+    """
+    from datafix.task_status_mapping import (
+        CLASSIFY_PROJECTION,
+        FAILURE_ROW,
+        READY_ROW,
+        REMOVED_FIELDS,
+        SUCCESS_ROW,
+        _default_message,
+        legacy_filter,
+    )
+    from procstatus.status import ProcessStatus
+
+    targets = [row.target for row in (READY_ROW, SUCCESS_ROW, FAILURE_ROW)]
+    before = {t.value: coll.count_documents({"process_status": t.value}) for t in targets}
+    legacy = {"$ifNull": ["$tasks_status", "$task_status"]}
+    target = {"$switch": {"branches": [
+        {"case": {"$eq": [legacy, "SUCCESS"]}, "then": ProcessStatus.SUCCESS.value},
+        {"case": {"$eq": [legacy, "FAILURE"]}, "then": ProcessStatus.FAILURE.value},
+    ], "default": ProcessStatus.READY.value}}
+    message = {"$switch": {"branches": [
+        {"case": {"$eq": ["$process_status", t.value]}, "then": _default_message(t)}
+        for t in targets
+    ]}}
+    pipeline = [
+        {"$set": {"process_status": target,
+                  "current_process_step": {"$ifNull": ["$current_task", None]}}},
+        {"$set": {"last_status_message": {"$cond": [
+            {"$eq": [{"$ifNull": ["$last_status_message", ""]}, ""]}, message,
+            "$last_status_message"]}}},
+        {"$unset": list(REMOVED_FIELDS)},
+    ]
+    rows = (SUCCESS_ROW, READY_ROW, FAILURE_ROW)  # most frequent first in a real database
+    written = coll.update_many({"$or": [row_filter(r) for r in rows]}, pipeline).modified_count
+    after = {t.value: coll.count_documents({"process_status": t.value}) for t in targets}
+    left = sum(1 for _ in coll.find(legacy_filter(), CLASSIFY_PROJECTION, batch_size=1000))
+    return {"written": written, "left": left,
+            "migrated": {k: after[k] - before[k] for k in after}}
+
+
+def same_documents(a: Collection, b: Collection) -> bool:
+    """Both collections hold the same documents, in insertion order, apart from ``_id``."""
+    def strip(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if k != "_id"}
+
+    pairs = zip(a.find({}, sort=[("_id", 1)]), b.find({}, sort=[("_id", 1)]), strict=True)
+    return all(strip(x) == strip(y) for x, y in pairs)
+
+
+MIGRATE_IN_A_FRESH_PROCESS = """
+import json, sys, time
+import pymongo
+from datafix.task_status_runner import migrate_collection
+coll = pymongo.MongoClient(sys.argv[1])[sys.argv[2]][sys.argv[3]]
+began = time.perf_counter()
+result = migrate_collection(coll, dry_run=False, fail_in_flight=False)
+secs = time.perf_counter() - began
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"secs": secs, "peak_rss_kb": int(status["VmHWM"].split()[0]),
+                  "migrated": result.migrated_total, "in_flight": result.in_flight,
+                  "invalid": result.invalid}))
+"""
+
+
+def server_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def table(db: Database, uri: str, sizes: list[int], server_pid: int | None,
+          try_single_pass: bool = False) -> list[dict]:
+    """The limit and the migration at each size, as ``benchmarks/run.py`` reports them."""
+    import json
+    import subprocess
+
+    rows = []
+    for n in sizes:
+        seed(db.bare, n)
+        cpu0 = server_cpu(server_pid)
+        bare_s, _ = timed(lambda: db.bare.update_many({}, BARE_PIPELINE))
+        bare_server = server_cpu(server_pid) - cpu0
+        db.bare.drop()
+        seed(db.migrate, n)
+        cpu0 = server_cpu(server_pid)
+        out = subprocess.run(
+            [sys.executable, "-c", MIGRATE_IN_A_FRESH_PROCESS, uri, db.name, "migrate"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+        migrate_server = server_cpu(server_pid) - cpu0
+        run = json.loads(out)
+        # Where the time goes: what the three row filters cost when only evaluated
+        # (at the first size only, to keep the run short).
+        filters_s = filters_server = None
+        if n == sizes[0]:
+            seed(db.migrate, n)
+            cpu0 = server_cpu(server_pid)
+            filters_s = sum(
+                timed(functools.partial(db.migrate.count_documents, row_filter(row)))[0]
+                for row in MIGRATION_ROWS
+            )
+            filters_server = server_cpu(server_pid) - cpu0
+        single = {}
+        if try_single_pass:
+            seed(db.bare, n)
+            single_s, single = timed(functools.partial(single_pass, db.bare))
+            seed(db.migrate, n)
+            migrate_collection(db.migrate, dry_run=False, fail_in_flight=False)
+            single.update(secs=single_s, ratio=single_s / bare_s,
+                          same_documents=same_documents(db.bare, db.migrate))
+            print(f"   single-pass design: {single_s:.2f} s ({single_s / bare_s:.2f}x), "
+                  f"documents identical to the migration's: {single['same_documents']}, "
+                  f"{single}", file=sys.stderr, flush=True)
+            db.bare.drop()
+        db.migrate.drop()
+        rows.append({
+            "docs": n, "bare_s": bare_s, "bare_server_cpu_s": bare_server,
+            "migrate_s": run["secs"], "migrate_server_cpu_s": migrate_server,
+            "ratio": run["secs"] / bare_s, "peak_rss_kb": run["peak_rss_kb"],
+            "migrated": run["migrated"], "in_flight": run["in_flight"],
+            "invalid": run["invalid"], "row_filters_only_s": filters_s,
+            "row_filters_server_cpu_s": filters_server, "single_pass": single,
+        })
+        print(f"{n} docs: limit {bare_s:.2f} s, migration {run['secs']:.2f} s "
+              f"({run['secs'] / bare_s:.2f}x), peak RSS {run['peak_rss_kb'] / 1024:.1f} MB, "
+              f"row filters alone {filters_s} s", file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--sizes", default="25000,100000")
+    parser.add_argument("--server-pid", type=int)
+    parser.add_argument("--single-pass", action="store_true",
+                        help="with --table: also time the single-pass design")
+    parser.add_argument("--json")
     parser.add_argument("--batch-size", type=int, action="append", dest="batch_sizes")
     parser.add_argument("--fail-in-flight", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -249,16 +399,27 @@ def main() -> int:
     batch_sizes = args.batch_sizes or [SUGGESTED_BATCH_SIZE]
 
     server = None
-    uri = os.environ.get("MONGODB_URI")
+    uri = os.environ.get("MONGODB_URI") or os.environ.get("BENCH_MONGODB_URI")
     if not uri:
         server = services.start_secantus(Path(tempfile.mkdtemp(prefix="datafix-bench-")))
         uri = server.url
         print(f"server: SecantusDB (started for this run) at {uri}")
     else:
-        print("server: MONGODB_URI")
+        print(f"server: {uri}")
     client: pymongo.MongoClient = pymongo.MongoClient(uri)
     db = client[f"datafix_bench_{os.getpid()}"]
     try:
+        if args.table:
+            import json
+
+            rows = table(db, uri, [int(n) for n in args.sizes.split(",")], args.server_pid,
+                         args.single_pass)
+            text = json.dumps(rows, indent=2)
+            if args.json:
+                Path(args.json).write_text(text)
+            else:
+                print(text)
+            return 0
         if not args.memory_only:
             bench(db, args.docs, batch_sizes, args.fail_in_flight)
         if not args.skip_memory:
