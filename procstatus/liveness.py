@@ -10,7 +10,7 @@ executing, which tells a redelivered message whether its first delivery still ru
 Silence alone does not condemn a worker: during a MongoDB outage no worker can beat, and
 the first sweep after it would otherwise take every worker for dead. A worker silent past
 the threshold is first marked *suspected* (:func:`suspect_silent`); its runs are judged
-lost only once it has stayed silent for a grace of 1.5 heartbeat intervals after that,
+lost only once it has stayed silent for a grace of half the threshold after that,
 and its next beat clears the mark. The cost is one more sweep before a dead worker's
 runs are ended.
 """
@@ -147,9 +147,12 @@ def suspect_silent(
     return read_beats(collection)
 
 
-def grace() -> float:
-    """Seconds a suspected worker must stay silent before its runs are judged lost."""
-    return 1.5 * settings.interval
+def grace(threshold: float) -> float:
+    """Seconds a suspected worker must stay silent before its runs are judged lost.
+
+    Half the threshold: 1.5 heartbeat intervals with the default threshold of 3.
+    """
+    return threshold / 2
 
 
 def read_beats(collection: Collection) -> dict[str, WorkerBeat]:
@@ -225,7 +228,7 @@ def lost_reason(
         return f"worker lost: no heartbeat from {hostname}"
     if now - worker.heartbeat_at > timedelta(seconds=threshold):
         suspected = worker.suspected_at
-        if suspected is None or now - suspected < timedelta(seconds=grace()):
+        if suspected is None or now - suspected < timedelta(seconds=grace(threshold)):
             return None  # maybe MongoDB was down for everyone: wait for its next beat
         return (
             f"worker lost: no heartbeat from {hostname} for "
@@ -260,7 +263,7 @@ def mark_gone(
     silent = {
         "stopped": {"$ne": True},
         "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
-        "suspected_at": {"$lt": now - timedelta(seconds=grace())},
+        "suspected_at": {"$lt": now - timedelta(seconds=grace(threshold))},
     }
     if dry_run:
         return int(collection.count_documents(silent))

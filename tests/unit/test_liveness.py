@@ -31,7 +31,7 @@ def test_a_run_its_live_worker_lists_is_not_lost():
 
 
 def test_a_silent_worker_loses_its_runs_only_after_its_grace(monkeypatch):
-    monkeypatch.setattr(liveness.settings, "interval", 1.0)  # grace: 1.5 s
+    # grace: half the 3 s threshold, 1.5 s
     assert judge(run(60), beat(4)) is None  # not suspected yet: MongoDB may have been down
     assert judge(run(60), beat(4, suspected_ago=1)) is None  # within the grace
     assert judge(run(60), beat(4, suspected_ago=2)) == (
