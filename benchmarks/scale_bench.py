@@ -41,7 +41,9 @@ def seed(collection: Any, n: int) -> dict[str, int]:
             "current_process_step": None, "errors": [], "warnings": [],
             "status_changed_at": now - timedelta(seconds=rnd.randint(0, 3 * 86400)),
             "celery_task_id": f"{i:032x}", "worker_hostname": "w@h", "joining": False,
-            "call_queue": [], "name": f"upload-{i}.csv",
+            # One in 200 has a call waiting (most of them busy): what the sweeper looks for.
+            "call_queue": [{"id": f"q{i}", "process": "ingest"}] if i % 200 == 0 else [],
+            "name": f"upload-{i}.csv",
         })
         if len(chunk) == CHUNK:
             collection.insert_many(chunk)
@@ -71,7 +73,8 @@ def main() -> None:
 
     import benchmarks.bench_app  # noqa: F401  (the connection given to install())
     from procstatus import Proc
-    from procstatus.status import PROCESSING, SCHEDULABLE, values
+    from procstatus.status import PROCESSING, values
+    from procstatus.sweeper import WITH_QUEUED_CALLS
 
     class ScaleDoc(Proc):
         meta = {"collection": "bench_scale"}
@@ -95,9 +98,7 @@ def main() -> None:
         "sweeper: PENDING past pending_timeout": (
             {"process_status": "PENDING", "status_changed_at": {"$lt": never_started}},
             {"celery_task_id": 1, "current_process": 1}),
-        "sweeper: idle with queued calls": (
-            {"process_status": {"$in": values(SCHEDULABLE)}, "call_queue.0": {"$exists": True}},
-            {"_id": 1}),
+        "sweeper: documents with queued calls": (WITH_QUEUED_CALLS, {"process_status": 1}),
     }
     results: dict[str, Any] = {"docs": args.docs, "counts": counts, "queries": {}}
 

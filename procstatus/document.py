@@ -68,7 +68,13 @@ class Proc(Document):
         "abstract": True,
         "queryset_class": ProcQuerySet,
         # Counts and lists by status, oldest first: the sweeper, the CLI, the dashboard.
-        "indexes": ["process_status", ("process_status", "status_changed_at")],
+        # The sparse index holds only documents with calls waiting (see callqueue), so the
+        # sweeper finds stranded calls without reading the idle majority.
+        "indexes": [
+            "process_status",
+            ("process_status", "status_changed_at"),
+            {"fields": ["call_queue.id"], "sparse": True},
+        ],
     }
 
     process_status = EnumField(ProcessStatus, default=ProcessStatus.READY, required=True)

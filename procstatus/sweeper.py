@@ -1,7 +1,9 @@
 """The sweeper: the backstop that ends, resends or joins every run no other path could.
 
 Run it from Celery beat (the ``procstatus.sweep`` task), from cron, or call
-:func:`sweep`. Each pass, by indexed queries on ``process_status``:
+:func:`sweep`. Each pass, by indexed queries on ``process_status`` (and, for waiting
+calls, on the sparse ``call_queue.id`` index, which holds only documents with a call
+waiting):
 
 - **RUNNING** runs whose worker is gone (no heartbeat past the threshold, or stopped)
   are failed — or sent again when the process is ``retry_on_worker_lost``;
@@ -52,6 +54,8 @@ _RUN_FIELDS = {
     "current_process": 1, "celery_task_id": 1, "worker_instance": 1, "worker_hostname": 1,
     "start_time": 1, "status_changed_at": 1, "process_arguments": 1, "joining": 1,
 }
+WITH_QUEUED_CALLS = {"call_queue.id": {"$exists": True}}
+"""Documents with calls waiting, as the sparse ``call_queue.id`` index holds them."""
 _RUNNING = frozenset({ProcessStatus.RUNNING})
 _PENDING = frozenset({ProcessStatus.PENDING})
 
@@ -196,11 +200,14 @@ def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport, dry_run: bool)
 
 def _start_stranded_calls(cls: type[Proc], report: SweepReport, dry_run: bool) -> None:
     """Idle documents with calls waiting: the run that ended died before starting the next."""
-    stranded = cls._get_collection().find(
-        {"process_status": {"$in": values(SCHEDULABLE)}, "call_queue.0": {"$exists": True}},
-        {"_id": 1},
-    )
-    for state in stranded:
+    # Only the sparse call_queue index answers this: documents with a call waiting, few and
+    # mostly busy. Asking for the idle status too would make a server plan the status
+    # index (nearly every document is idle) or a collection scan, so that is checked here.
+    with_calls = cls._get_collection().find(WITH_QUEUED_CALLS, {"process_status": 1})
+    idle = set(values(SCHEDULABLE))
+    for state in with_calls:
+        if state.get("process_status") not in idle:
+            continue
         if dry_run or callqueue.dispatch_next(cls, state["_id"]):
             report.queued_calls_sent.append(f"{cls.__name__}({state['_id']})")
 

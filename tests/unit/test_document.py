@@ -87,8 +87,10 @@ def test_subclass_indexes_are_merged_with_the_base_index():
     assert [("rank", -1), ("name", 1)] in specs
     # A subclass without its own indexes keeps just the base ones.
     assert [s["fields"] for s in UnitJob._meta["index_specs"]] == [
-        [("process_status", 1)], [("process_status", 1), ("status_changed_at", 1)]
+        [("process_status", 1)], [("process_status", 1), ("status_changed_at", 1)],
+        [("call_queue.id", 1)],
     ]
+    assert UnitJob._meta["index_specs"][2]["sparse"] is True  # idle documents hold no key
 
 
 def test_ensure_indexes_creates_them_on_the_server():
