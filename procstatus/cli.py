@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -113,6 +113,35 @@ def _warn(text: str) -> None:
 
 def _json_out(data: Any) -> None:
     typer.echo(json.dumps(queries.jsonable(data), indent=2))
+
+
+class _Tally:
+    """The exit code of a command that writes on several documents, and their lines: a done
+    write on stdout, a refusal (or an id not found) on stderr, which makes the code 1."""
+
+    def __init__(self) -> None:
+        self.code = EXIT_OK
+
+    def refuse(self, message: str) -> None:
+        _warn(message)
+        self.code = EXIT_ATTENTION
+
+    def report(self, outcome: operating.Outcome) -> None:
+        if outcome.ok:
+            _say(outcome.message)
+        else:
+            self.refuse(outcome.message)
+
+    def located(
+        self, session: Session, ids: Sequence[str], class_name: str | None
+    ) -> Iterator[tuple[Source, Any]]:
+        """The document each id names, one at a time (so each line follows its own id);
+        an id that names none, or several, is refused and skipped."""
+        for text in ids:
+            try:
+                yield session.locate(text, class_name)
+            except NotFound as exc:
+                self.refuse(str(exc))
 
 
 def handles_errors(command: F) -> F:
@@ -458,21 +487,10 @@ def cancel(
     """
     session = _session(ctx)
     session.require_classes("cancel")
-    code = EXIT_OK
-    for text in ids:
-        try:
-            source, pk = session.locate(text, class_name)
-        except NotFound as exc:
-            _warn(str(exc))
-            code = EXIT_ATTENTION
-            continue
-        outcome = operating.cancel_document(source, pk, terminate=terminate)
-        if outcome.ok:
-            _say(outcome.message)
-        else:
-            _warn(outcome.message)
-            code = EXIT_ATTENTION
-    raise typer.Exit(code)
+    tally = _Tally()
+    for source, pk in tally.located(session, ids, class_name):
+        tally.report(operating.cancel_document(source, pk, terminate=terminate))
+    raise typer.Exit(tally.code)
 
 
 # --- reset -------------------------------------------------------------------------------
@@ -510,23 +528,16 @@ def reset(
     session = _session(ctx)
     from procstatus import transitions
 
-    code = EXIT_OK
+    tally = _Tally()
     plan: list[tuple[Source, Any, str]] = []
-    for text in ids:
-        try:
-            source, pk = session.locate(text, class_name)
-        except NotFound as exc:
-            _warn(str(exc))
-            code = EXIT_ATTENTION
-            continue
+    for source, pk in tally.located(session, ids, class_name):
         state = transitions.read_state(source.collection, pk) or {}
         refusal = operating.reset_refusal(
             source, pk, state, force=force,
             hint="Cancel it first (procstatus cancel), or pass --force",
         )
         if refusal is not None:
-            _warn(refusal)
-            code = EXIT_ATTENTION
+            tally.refuse(refusal)
         else:
             plan.append((source, pk, str(state.get("process_status"))))
     if plan and _interactive() and not yes:
@@ -536,13 +547,8 @@ def reset(
             _warn("nothing reset")
             raise typer.Exit(EXIT_ATTENTION)
     for source, pk, _current in plan:
-        outcome = operating.reset_document(source, pk, force=force)
-        if outcome.ok:
-            _say(outcome.message)
-        else:
-            _warn(outcome.message)
-            code = EXIT_ATTENTION
-    raise typer.Exit(code)
+        tally.report(operating.reset_document(source, pk, force=force))
+    raise typer.Exit(tally.code)
 
 
 # --- retry -------------------------------------------------------------------------------
@@ -582,23 +588,16 @@ def retry(
         _say(f"no {what}")
         return
     _say(f"{matching} {what}; {'would retry' if dry_run else 'retrying'} {len(rows)}")
-    code = EXIT_OK
+    tally = _Tally()
     for row in rows:
         plan = operating.plan_retry(source, row.id, row.current_process)
         if isinstance(plan, str):
-            _warn(plan)
-            code = EXIT_ATTENTION
-            continue
-        if dry_run:
+            tally.refuse(plan)
+        elif dry_run:
             _say(f"would call {plan.describe()}")
-            continue
-        outcome = plan.call()
-        if outcome.ok:
-            _say(outcome.message)
         else:
-            _warn(outcome.message)
-            code = EXIT_ATTENTION
-    raise typer.Exit(code)
+            tally.report(plan.call())
+    raise typer.Exit(tally.code)
 
 
 # --- sweep -------------------------------------------------------------------------------
