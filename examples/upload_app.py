@@ -61,7 +61,8 @@ class Upload(Proc):
 
 
 class Entry(Proc):
-    meta = {"collection": "entries", "indexes": ["upload"]}
+    # (upload, process_status): each entry's end asks whether a sibling is still processing.
+    meta = {"collection": "entries", "indexes": [("upload", "process_status")]}
 
     upload = ReferenceField(Upload, required=True)
     number = IntField(required=True)

@@ -12,6 +12,10 @@ runs ``join()`` in a signal receiver, the worker's main process or a sweeper's c
 
 The sweeper sends the join of any waiting parent with no processing child, so a
 notification lost to a crash is made up for on its next pass.
+
+Cost: "is any child still processing?" is asked at every child's end. It is one command
+only if an index begins with the children() fields and ``process_status``;
+:func:`warn_if_unindexed` names that index, once per parent class, when it is missing.
 """
 
 from __future__ import annotations
@@ -37,12 +41,48 @@ NOTHING_TO_WAIT_FOR = (
 )
 
 
+_children_index_checked: set[type] = set()
+"""Parent classes whose children() were checked for a serving index in this process."""
+
+
 def any_child_processing(parent: Proc) -> bool:
     """Whether any of ``parent.children()`` is PENDING, RUNNING or WAITING_FOR_RESULT."""
     children = parent.children()
+    warn_if_unindexed(type(parent), children)
     id_name = children._document._meta["id_field"]  # children may have their own primary key
     busy = children.filter(process_status__in=list(PROCESSING)).only(id_name).first()
     return busy is not None
+
+
+def warn_if_unindexed(parent_cls: type[Proc], children: Any) -> None:
+    """Once per parent class: warn when no index serves :func:`any_child_processing`.
+
+    That question is asked at every child's end. An index that begins with the fields of
+    ``children()``'s filter and ``process_status`` answers it from the first key; without
+    one, the server reads through the parent's children (or the whole collection) each
+    time, which is quadratic work per parent. One ``index_information`` command per class.
+    """
+    if parent_cls in _children_index_checked:
+        return
+    _children_index_checked.add(parent_cls)
+    try:
+        query = children._query
+        wanted = {name for name in query if not name.startswith("$")} | {"process_status"}
+        indexes = children._collection.index_information()
+    except Exception:  # a checkless children() still works; the check is advice only
+        return
+    for index in indexes.values():
+        leading = [name for name, _ in index.get("key", [])][: len(wanted)]
+        if set(leading) == wanted:
+            return
+    fields = tuple(sorted(wanted - {"process_status"})) + ("process_status",)
+    child = children._document.__name__
+    logger.warning(
+        "%s.children() finds its children by %s, and no index of %s begins with those "
+        "fields and process_status, so every child's end reads through its siblings to "
+        "ask whether any is still processing. Add %r to %s.meta['indexes'].",
+        parent_cls.__name__, ", ".join(fields[:-1]) or "no field", child, fields, child,
+    )
 
 
 def join_if_ready(parent: Proc, *, dry_run: bool = False) -> bool:
