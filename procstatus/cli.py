@@ -45,7 +45,7 @@ except ModuleNotFoundError as missing:  # installed without the extra
         "pip install 'procstatus[cli]'"
     ) from None
 
-from procstatus import operating, queries
+from procstatus import liveness, operating, queries
 from procstatus.operating import (  # noqa: F401  (part of this module's interface)
     DEFAULT_URI,
     START_SERVER_HINT,
@@ -68,9 +68,6 @@ EXIT_OK = 0
 EXIT_ATTENTION = 1
 EXIT_USAGE = 2
 
-PRUNE_AFTER = 24 * 3600.0
-"""Seconds after its last beat that ``workers --prune`` deletes a stopped heartbeat
-(the sweeper's ``PRUNE_HEARTBEATS_AFTER``; not imported, since that loads Celery)."""
 STATUS_STYLE = {
     "READY": "dim",
     "PENDING": "yellow",
@@ -694,12 +691,12 @@ def workers(
     code = EXIT_ATTENTION if any(w.state == "silent" for w in found) else EXIT_OK
     marked = 0
     if prune:
-        from procstatus import liveness
-
         # A silent worker is first suspected; a later prune or sweep past the grace marks
         # it stopped (silence alone may be a MongoDB outage: see procstatus.liveness).
         liveness.suspect_silent(collection, threshold=limit, now=now)
-        marked = liveness.mark_gone(collection, threshold=limit, prune_after=PRUNE_AFTER, now=now)
+        marked = liveness.mark_gone(
+            collection, threshold=limit, prune_after=liveness.PRUNE_HEARTBEATS_AFTER, now=now
+        )
         found = queries.workers(collection, threshold=limit, now=now)
     if as_json:
         payload: dict[str, Any] = {
@@ -711,7 +708,7 @@ def workers(
         raise typer.Exit(code)
     if prune:
         _say(f"marked {marked} silent worker(s) stopped; deleted stopped heartbeats older "
-             f"than {fmt_age(PRUNE_AFTER)}")
+             f"than {fmt_age(liveness.PRUNE_HEARTBEATS_AFTER)}")
     if not found:
         _say("no worker heartbeat recorded (no worker has started with this database)")
         raise typer.Exit(code)

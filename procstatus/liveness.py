@@ -39,6 +39,9 @@ logger = logging.getLogger("procstatus")
 WORKERS_COLLECTION = "procstatus_workers"
 DEFAULT_INTERVAL = 10.0
 UNDECIDED = "undecided"
+PRUNE_HEARTBEATS_AFTER = 24 * 3600.0
+"""Seconds after its last beat that a stopped worker's heartbeat document is deleted (by
+the sweeper and by ``procstatus workers --prune``)."""
 
 
 @dataclass
