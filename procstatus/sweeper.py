@@ -47,8 +47,6 @@ logger = logging.getLogger("procstatus")
 
 DEFAULT_PENDING_TIMEOUT = 6 * 3600.0
 """Seconds a run may stay PENDING before the sweeper takes its message for lost."""
-PRUNE_HEARTBEATS_AFTER = 24 * 3600.0
-"""Seconds after its last beat that a stopped worker's heartbeat document is deleted."""
 
 _RUN_FIELDS = {
     "current_process": 1, "celery_task_id": 1, "worker_instance": 1, "worker_hostname": 1,
@@ -156,7 +154,7 @@ def sweep(
         if callqueue.has_queue(cls):
             _start_stranded_calls(cls, report, dry_run)
     report.workers_gone = liveness.mark_gone(
-        workers, threshold=threshold, prune_after=PRUNE_HEARTBEATS_AFTER, now=now,
+        workers, threshold=threshold, prune_after=liveness.PRUNE_HEARTBEATS_AFTER, now=now,
         dry_run=dry_run,
     )
     if report.acted():
