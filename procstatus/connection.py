@@ -17,6 +17,9 @@ from mongoengine import connection
 
 @dataclass(frozen=True)
 class ConnectionSettings:
+    """What ``install()`` was given for one alias: the URI, and the database name (``None``:
+    the one the URI names)."""
+
     uri: str
     db: str | None
 
@@ -29,6 +32,11 @@ def configure(alias: str, uri: str, db: str | None) -> None:
     _configured[alias] = ConnectionSettings(uri, db)
 
 
+def configured(alias: str) -> ConnectionSettings | None:
+    """The connection ``install()`` was given for ``alias`` in this process, if any."""
+    return _configured.get(alias)
+
+
 def is_defined(alias: str) -> bool:
     """Whether mongoengine has a connection registered under ``alias`` in this process."""
     return alias in connection._connection_settings
@@ -39,3 +47,15 @@ def ensure(alias: str) -> None:
     settings = _configured.get(alias)
     if settings is not None and not is_defined(alias):
         mongoengine.connect(db=settings.db, host=settings.uri, alias=alias, connect=False)
+
+
+def drop_client(alias: str) -> None:
+    """Forget this process's MongoClient (and database) for ``alias`` but keep its settings,
+    so that mongoengine opens a new client on next use.
+
+    For a process forked from one that had connected: pymongo is not fork-safe, so the
+    client it inherited must not be used. mongoengine has no public call for this
+    (``disconnect`` also forgets the settings); its private state is touched here only.
+    """
+    connection._connections.pop(alias, None)
+    connection._dbs.pop(alias, None)

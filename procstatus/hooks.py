@@ -224,11 +224,8 @@ def _seconds(limit: Any) -> str:
 
 def _reopen_after_fork(alias: str) -> None:
     """Drop a MongoClient inherited through fork; mongoengine reconnects with its settings."""
-    from mongoengine import connection as mongoengine_connection
-
     if connection.is_defined(alias):
-        mongoengine_connection._connections.pop(alias, None)
-        mongoengine_connection._dbs.pop(alias, None)
+        connection.drop_client(alias)
 
 
 def _active_task_ids() -> list[str]:

@@ -171,7 +171,7 @@ class Session:
 
         self.alias = liveness.settings.alias
         # Without -A, what this process was told (by install() or mongoengine) is no default.
-        configured = connection._configured.get(self.alias) if self.app_module else None
+        configured = connection.configured(self.alias) if self.app_module else None
         defined = _connection_settings.get(self.alias) if self.app_module else None
         defined_host = _host_of(defined)
         module = f"-A {self.app_module}"
