@@ -7,11 +7,6 @@ once, in queue order, after the run before it ends.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 import procstatus
@@ -19,6 +14,7 @@ from devtools.services import wait_for
 from procstatus import ProcessAlreadyRunning, ProcessStatus, callqueue, dispatch
 from procstatus.errors import CallQueueFull
 from tests.support.models import QueueJob, gate_key, runs_key
+from tests.support.thread_callers import run_callers
 
 pytestmark = pytest.mark.integration
 
@@ -50,28 +46,10 @@ def settled(job: QueueJob, count: int, redis_client):  # type: ignore[no-untyped
 def test_twenty_concurrent_calls_each_run_once_in_queue_order(worker, worker_env, redis_client):
     job = QueueJob.create()
     holding(job, redis_client)
-    callers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.support.queue_caller", str(job.pk), "10", label],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, **worker_env},
-        )
-        for label in ("a", "b")
-    ]
-    try:
-        for caller in callers:
-            assert caller.stdout is not None and caller.stdout.readline().strip() == "ready"
-        for caller in callers:
-            assert caller.stdin is not None
-            caller.stdin.write("go\n")
-            caller.stdin.flush()
-        outcomes = []
-        for caller in callers:
-            out, _ = caller.communicate(timeout=60)
-            outcomes += json.loads(out.strip().splitlines()[-1])
-    finally:
-        for caller in callers:
-            caller.kill()
+    outcomes = run_callers(
+        "tests.support.queue_caller", [[str(job.pk), "10", label] for label in ("a", "b")],
+        worker_env,
+    )
     assert len(outcomes) == 20 and all(o.startswith("called ") for o in outcomes), outcomes
     waiting = stored(job).call_queue
     queued_order = [entry["args"][0] for entry in waiting]

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +22,7 @@ from tests.support.models import (
     gate_key,
     runs_key,
 )
+from tests.support.thread_callers import run_callers
 
 pytestmark = pytest.mark.integration
 
@@ -150,29 +147,7 @@ def test_already_running_is_refused_and_sends_nothing(worker, redis_client):
 
 def test_twenty_threads_in_two_processes_yield_exactly_one_run(worker, worker_env, redis_client):
     job = Job.create(name="race")
-    callers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.support.race_caller", str(job.pk), "10"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, **worker_env},
-        )
-        for _ in range(2)
-    ]
-    try:
-        for caller in callers:
-            assert caller.stdout is not None
-            assert caller.stdout.readline().strip() == "ready"
-        for caller in callers:
-            assert caller.stdin is not None
-            caller.stdin.write("go\n")
-            caller.stdin.flush()
-        outcomes = []
-        for caller in callers:
-            out, _ = caller.communicate(timeout=60)
-            outcomes += json.loads(out.strip().splitlines()[-1])
-    finally:
-        for caller in callers:
-            caller.kill()
+    outcomes = run_callers("tests.support.race_caller", [[str(job.pk), "10"]] * 2, worker_env)
     assert sorted(set(outcomes)) == ["already-running", "dispatched"], outcomes
     assert outcomes.count("dispatched") == 1 and outcomes.count("already-running") == 19
     wait_for(lambda: state(Job, job.pk)[0] is ProcessStatus.RUNNING, timeout=30, what="RUNNING")
