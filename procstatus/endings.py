@@ -17,6 +17,10 @@ it again under a new task id. A run that ended is then announced to its parent t
 here, and the next queued call of the document, if any, is started
 (:mod:`procstatus.callqueue`). Limit: if MongoDB cannot be written, nothing here can end
 the run; the sweeper finds it again on its next pass.
+
+One outside path is not an ending: a lost pool process whose message the broker gives
+back (``acks_late`` + ``reject_on_worker_lost``) goes through :func:`await_redelivery`,
+back to PENDING under the same task id, and its redelivery starts it again.
 """
 
 from __future__ import annotations
@@ -96,6 +100,28 @@ def end_run(
     join.notify_parent_of(run.cls, run.pk, run.process)
     callqueue.after_end(run.cls, run.pk, ProcessStatus.FAILURE)
     return FAILED
+
+
+def await_redelivery(run: RunRef, error: str) -> bool:
+    """RUNNING → PENDING under the same task id: the broker will deliver the message again.
+
+    For a pool process lost (or killed at its hard time limit) under ``acks_late`` with
+    ``reject_on_worker_lost``: Celery puts the message back on its queue and sends no
+    ``task_failure``, and behind a backlog the redelivery may come long after the sweeper
+    would take the silent run for orphaned. Written before the message is requeued, so
+    the redelivery claims PENDING like any start. This is not an ending, so no parent is
+    told. Limit: a message that never comes back is failed by the sweeper's
+    ``pending_timeout``. ``False`` when the run was not RUNNING under this task id (it
+    died before its claim, so it is still PENDING, or it had already moved on).
+    """
+    moved = transitions.back_to_pending(
+        run.cls._get_collection(), run.pk, run.task_id or "",
+        message=f"Process {run.process} pending again: {error}; the broker delivers it again",
+        warning=f"restarted after {error}",
+    )
+    if moved:
+        logger.warning("%s: %s; waiting for the broker to deliver it again", run.describe(), error)
+    return moved
 
 
 def cancel(proc: Proc, *, terminate: bool = False) -> bool:

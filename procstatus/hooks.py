@@ -15,7 +15,9 @@ Receivers remain only where Celery gives no other hook:
 
 - ``task_failure`` in the worker's *main* process, for a pool process that was lost or
   killed at its hard time limit: the run is ended, or sent again, through
-  :func:`procstatus.endings.end_run`;
+  :func:`procstatus.endings.end_run`; where Celery gives such a message back to the
+  broker instead (``acks_late``), it sends no signal, and the task's request class,
+  :class:`RunRequest`, moves the run back to PENDING for the redelivery;
 - ``worker_init`` / ``worker_ready`` / ``worker_shutdown``: the liveness heartbeat,
   written by the main process, and ``worker_process_init``: MongoDB connections.
 
@@ -40,6 +42,7 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, Worker
 from celery import Celery, Task, signals
 from celery.exceptions import Reject, Retry
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
@@ -175,6 +178,44 @@ class ProcessHooks:
             return
         except Exception:
             logger.exception("could not record the failure of task %s", task_id)
+
+
+class RunRequest(Request):
+    """The main process's request for ``procstatus.run``: it sees a message given back.
+
+    A pool process lost under ``acks_late`` + ``reject_on_worker_lost`` (or killed at its
+    hard time limit when ``acks_on_timeout`` is off) makes Celery requeue the message and
+    send no ``task_failure``: no receiver hears of it. Celery's own hook for this is the
+    task's request class. Whenever Celery rejects with requeue for such a failure, the
+    run goes back to PENDING first (:func:`procstatus.endings.await_redelivery`).
+    """
+
+    _failure: BaseException | None = None
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
+                   return_ok: bool = False) -> Any:
+        failure = exc_info.exception
+        self._failure = getattr(failure, "exc", failure)  # ExceptionWithTraceback wraps it
+        try:
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+        finally:
+            self._failure = None
+
+    def reject(self, requeue: bool = False) -> None:
+        if requeue and not self.acknowledged and isinstance(
+            self._failure, (WorkerLostError, TimeLimitExceeded)
+        ):
+            try:
+                call = messages.resolve(self.args or (), self.kwargs or {})
+                error = describe_failure(self._failure, call.spec)[-1]
+                if self.worker_pid:
+                    error = f"{error} (pool process {self.worker_pid})"
+                endings.await_redelivery(RunRef(call.cls, call.pk, self.id, call.spec.name), error)
+            except MessageRejected:
+                pass
+            except Exception:  # the redelivery can still take the run over when it is lost
+                logger.exception("could not record that task %s is delivered again", self.id)
+        super().reject(requeue=requeue)
 
 
 def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> None:
@@ -443,7 +484,9 @@ def install(
             "typing": False,
             "max_retries": None,  # procstatus counts start attempts and retries itself
         }
-        task = celery_app.task(name=TASK_NAME, throws=(ProcessFailure,), **options)(_run_task)
+        task = celery_app.task(
+            name=TASK_NAME, throws=(ProcessFailure,), Request=RunRequest, **options
+        )(_run_task)
         join_task = celery_app.task(name=JOIN_TASK_NAME, **options)(_join_task)
         celery_app.task(name=SWEEP_TASK_NAME, bind=True, serializer="json")(_sweep_task)
         celery_app._procstatus_task = task  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 
 import mongoengine
 import pytest
@@ -92,7 +93,48 @@ def test_acks_late_redelivery_runs_the_process_again_once(worker, start_worker, 
     done = fresh(job.pk)
     assert len(runs(redis_client, job.pk)) == 2
     assert done.errors == []
-    assert done.warnings == [f"restarted after its worker process {first_pid} was lost"]
+    # Moved back to PENDING by the main process before the message went back to the broker.
+    [warning] = done.warnings
+    assert warning.startswith("restarted after WorkerLostError: worker lost: ")
+    assert warning.endswith(f"(pool process {first_pid})")
+
+
+def test_an_acks_late_redelivery_behind_a_backlog_waits_pending_and_is_not_swept(
+    worker, start_worker, redis_client
+):
+    """The requeued message waits behind another task: PENDING meanwhile, never "orphaned".
+
+    Redis puts a rejected message at the back of its queue, so the redelivery waits for
+    the task sent after it; the sweeper must not take the run for lost meanwhile.
+    """
+    start_worker("ackslate-backlog", FAULT_QUEUE, concurrency=1, PROCSTATUS_TEST_ACKS_LATE="1")
+    job = FaultJob.create(name="redelivered behind a backlog")
+    job.hang_first_time()
+    first_pid = running_pid(job)
+    wait_for(lambda: runs(redis_client, job.pk), timeout=30, what="the first run's mark")
+    blocker = FaultJob.create(name="the backlog")
+    blocker.hang()
+    os.kill(first_pid, signal.SIGKILL)
+    running_pid(blocker)  # the replacement pool process holds it
+    first = FaultJob._get_collection().find_one({"_id": job.pk})
+    workers = procstatus.liveness.settings.collection()
+
+    def sweeper_could_judge_it() -> bool:
+        procstatus.sweep(threshold=THRESHOLD, classes=[FaultJob])
+        if fresh(job.pk).process_status is not ProcessStatus.RUNNING:
+            beat = workers.find_one({"_id": first["worker_instance"]}) or {}
+            # Past this, a RUNNING run its live worker does not list is judged orphaned.
+            return beat["heartbeat_at"] - first["start_time"] > timedelta(seconds=2 * THRESHOLD)
+        return False
+
+    wait_for(sweeper_could_judge_it, timeout=10 * THRESHOLD, interval=0.2, what="sweeps")
+    waiting = fresh(job.pk)
+    assert waiting.process_status is not ProcessStatus.FAILURE, waiting.last_status_message
+    redis_client.rpush(gate_key(blocker.pk), 1)
+    assert job.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
+    assert blocker.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
+    assert len(runs(redis_client, job.pk)) == 2
+    assert fresh(job.pk).errors == []
 
 
 def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(

@@ -740,6 +740,26 @@ class StateModel(RuleBasedStateMachine):
                 d.task = new_task
                 d.history.append(new_task)
 
+    @precondition(lambda self: self.any_in(PROCESSING))
+    @rule(which=which_ids, data=st.data())
+    @_guarded
+    def await_redelivery(self, which, data):
+        """A lost pool process whose message the broker gives back: PENDING, nobody told."""
+        d = self.pick(data, PROCESSING)
+        task = self.task_for(d, which, data)
+        error = f"lost {self.counter}"
+        joins_before = len(self.join_publisher.calls)
+        calls_before = len(self.publisher.calls)
+        moved = endings.await_redelivery(endings.RunRef(d.cls, d.pk, task, d.process), error)
+        expected = d.status is S.RUNNING and task == d.task
+        assert moved == expected, f"await_redelivery({d.key}, {task}) → {moved} in {d.status}"
+        assert self.publisher.calls[calls_before:] == []  # the broker has the message
+        STATS[f"await_redelivery {'moved' if moved else 'refused'}"] += 1
+        if moved:
+            d.status, d.aged = S.PENDING, False
+            d.warnings.append(f"restarted after {error}")
+        self.check_joins(joins_before, [])
+
     @precondition(lambda self: self.any_in({S.RUNNING}))
     @rule(which=which_ids,
           status=st.sampled_from((S.SUCCESS, S.FAILURE, S.WAITING_FOR_RESULT)),
