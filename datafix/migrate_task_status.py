@@ -13,6 +13,7 @@ skipped (in flight) or invalid, all reported; 2 usage or connection errors.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
@@ -69,9 +70,10 @@ def _id_text(value: Any) -> str:
     return json.dumps(_json(value))
 
 
-def _connect(uri: str, timeout_s: float) -> pymongo.MongoClient:
+def _client(uri: str, timeout_s: float) -> pymongo.MongoClient:
+    """A client for ``uri``; nothing is sent yet (see :func:`_ping`)."""
     try:
-        client: pymongo.MongoClient = pymongo.MongoClient(
+        return pymongo.MongoClient(
             uri, serverSelectionTimeoutMS=int(timeout_s * 1000), connect=False
         )
     except (ConfigurationError, ValueError, TypeError) as exc:
@@ -79,16 +81,17 @@ def _connect(uri: str, timeout_s: float) -> pymongo.MongoClient:
             f"--mongodb-uri is not a valid MongoDB URI ({exc}). "
             "Use the form mongodb://HOST:PORT or mongodb+srv://..."
         ) from None
+
+
+def _ping(client: pymongo.MongoClient, uri: str, timeout_s: float) -> None:
     try:
         client.admin.command("ping")
     except OperationFailure as exc:
-        client.close()
         reason = (exc.details or {}).get("errmsg", str(exc))
         raise UsageProblem(
             f"the server refused the connection: {reason}. Check the credentials in --mongodb-uri."
         ) from None
     except PyMongoError as exc:
-        client.close()
         # pymongo's message ends with a long topology description; the first part says it.
         first_line = re.split(r" \(configured timeouts|, Timeout:|\n", str(exc))[0]
         raise UsageProblem(
@@ -96,7 +99,26 @@ def _connect(uri: str, timeout_s: float) -> pymongo.MongoClient:
             "Check that the server is running and that --mongodb-uri names its host and port "
             "(or raise --server-timeout on a slow network)."
         ) from None
-    return client
+
+
+def _mute_pymongo_background_errors() -> None:
+    """Keep the tracebacks of pymongo's background thread off the operator's terminal.
+
+    A cursor that cannot be killed when it is closed (the server was lost mid-run) is
+    queued for pymongo's kill-cursors thread, which retries in the background; and
+    ``MongoClient.close()`` retries once itself, then only asks that thread to stop, it
+    does not wait for it. A retry that fails is logged with its traceback to the
+    ``pymongo.client`` logger, and with no logging configured Python's last-resort
+    handler prints it on stderr, even after this command's message, while the process
+    exits. None of it is for the operator: that thread only kills cursors and tends the
+    connection pool, neither touches the data, and a server problem behind it also fails
+    the command the migration is running, which the message reports. A handler on the
+    logger keeps its records from the last resort; handlers configured higher up still
+    get them.
+    """
+    logger = logging.getLogger("pymongo.client")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def _redact(uri: str) -> str:
@@ -287,10 +309,11 @@ def run(
 ) -> int:
     """Run the migration; return the exit code. Raises :class:`UsageProblem`."""
     started = datetime.now(timezone.utc)
-    client = _connect(mongodb_uri, server_timeout)
+    client = _client(mongodb_uri, server_timeout)
     results: list[CollectionResult] = []
     error: str | None = None
     try:
+        _ping(client, mongodb_uri, server_timeout)
         db = client[db_name]
         _check_collections(db, collections)
         with _ProgressOutput(err) as progress:
@@ -314,6 +337,8 @@ def run(
             "command to finish (the migration is resumable)."
         )
     finally:
+        # Every way out, an unreachable server and Ctrl-C included. This does not wait
+        # for pymongo's background thread (see _mute_pymongo_background_errors).
         client.close()
 
     code = EXIT_OK if all(r.legacy_left == 0 for r in results) else EXIT_LEFT_BEHIND
@@ -387,6 +412,8 @@ def main(
     """Migrate legacy tasks_status/task_status documents to process_status."""
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
+    # Before any client exists: its close() may already log (see the function).
+    _mute_pymongo_background_errors()
     if report is not None and not report.parent.is_dir():
         err.print(
             f"error: --report {report}: directory {report.parent} does not exist", highlight=False
