@@ -646,6 +646,7 @@ def sweep(
     labels = {
         "failed": "failed (worker lost, or orphaned)",
         "sent_again": "sent again (retry_on_worker_lost)",
+        "awaiting_redelivery": "PENDING for the broker's redelivery (acks_late)",
         "never_started": "never started (PENDING past --pending-timeout)",
         "joins_sent": "joins sent (waiting parents with no child under way)",
         "queued_calls_sent": "queued calls started (idle documents with calls waiting)",

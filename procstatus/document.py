@@ -90,6 +90,8 @@ class Proc(Document):
     worker_hostname = StringField(default=None)
     worker_instance = StringField(default=None)
     worker_pid = IntField(default=None)
+    worker_redelivers = BooleanField(default=False)
+    """Whether the broker gives this run's message back if its worker is lost (acks_late)."""
     celery_task_id = StringField(default=None)
     process_arguments = DictField(default=None)
     joining = BooleanField(default=False)

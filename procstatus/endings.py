@@ -105,11 +105,17 @@ def end_run(
 def await_redelivery(run: RunRef, error: str) -> bool:
     """RUNNING → PENDING under the same task id: the broker will deliver the message again.
 
-    For a pool process lost (or killed at its hard time limit) under ``acks_late`` with
-    ``reject_on_worker_lost``: Celery puts the message back on its queue and sends no
-    ``task_failure``, and behind a backlog the redelivery may come long after the sweeper
-    would take the silent run for orphaned. Written before the message is requeued, so
-    the redelivery claims PENDING like any start. This is not an ending, so no parent is
+    For runs under ``acks_late`` with ``reject_on_worker_lost``, whose message is
+    acknowledged only after the run:
+
+    - a pool process lost (or killed at its hard time limit): Celery puts the message
+      back on its queue and sends no ``task_failure``, and behind a backlog the
+      redelivery may come long after the sweeper would take the silent run for orphaned.
+      The worker's main process writes this before the message is requeued;
+    - a whole worker lost (the sweeper): the broker gives its unacknowledged messages
+      back, at once on RabbitMQ, after the visibility timeout on Redis.
+
+    The redelivery claims PENDING like any start. This is not an ending, so no parent is
     told. Limit: a message that never comes back is failed by the sweeper's
     ``pending_timeout``. ``False`` when the run was not RUNNING under this task id (it
     died before its claim, so it is still PENDING, or it had already moved on).

@@ -88,11 +88,13 @@ def redact(uri: str | None) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", uri or "")
 
 
-def worker_ref(hostname: str | None = None) -> WorkerRef:
+def worker_ref(hostname: str | None = None, task: Task | None = None) -> WorkerRef:
     return WorkerRef(
         hostname=hostname or WorkerIdentity.hostname,
         instance=WorkerIdentity.instance,
         pid=os.getpid(),
+        # Unacknowledged until the run ends, and given back when the worker is lost.
+        redelivers=bool(task is not None and task.acks_late and task.reject_on_worker_lost),
     )
 
 
@@ -294,7 +296,7 @@ def _run_task(self: Task, *message: Any) -> None:
         return
     ref = RunRef(call.cls, call.pk, request.id, call.spec.name)
     try:
-        run = runner.claim(call, request.id, worker_ref(request.hostname))
+        run = runner.claim(call, request.id, worker_ref(request.hostname, self))
     except _TRANSIENT as exc:
         _retry_start(self, ref, exc)
         return

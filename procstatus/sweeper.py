@@ -6,7 +6,9 @@ calls, on the sparse ``call_queue.id`` index, which holds only documents with a 
 waiting):
 
 - **RUNNING** runs whose worker is gone (no heartbeat past the threshold, or stopped)
-  are failed — or sent again when the process is ``retry_on_worker_lost``;
+  are failed — or sent again when the process is ``retry_on_worker_lost``, or moved
+  back to PENDING when the worker ran with ``acks_late`` + ``reject_on_worker_lost``
+  (the broker delivers the unacknowledged message again);
 - **RUNNING** runs whose worker still beats but has not listed the task for longer than
   the threshold (the pool process died and no ``task_failure`` came, the end could not
   be written) are failed as *orphaned*;
@@ -51,6 +53,7 @@ DEFAULT_PENDING_TIMEOUT = 6 * 3600.0
 _RUN_FIELDS = {
     "current_process": 1, "celery_task_id": 1, "worker_instance": 1, "worker_hostname": 1,
     "start_time": 1, "status_changed_at": 1, "process_arguments": 1, "joining": 1,
+    "worker_redelivers": 1,
 }
 WITH_QUEUED_CALLS = {"call_queue.id": {"$exists": True}}
 """Documents with calls waiting, as the sparse ``call_queue.id`` index holds them."""
@@ -70,6 +73,8 @@ class SweepReport:
     """Of ``failed``, those whose worker is alive but had dropped the task."""
     sent_again: list[str] = field(default_factory=list)
     """``retry_on_worker_lost`` runs sent again under a new task id."""
+    awaiting_redelivery: list[str] = field(default_factory=list)
+    """Runs of a lost worker whose message the broker gives back (``acks_late``): PENDING."""
     never_started: list[str] = field(default_factory=list)
     """PENDING runs failed after ``pending_timeout``."""
     joins_sent: list[str] = field(default_factory=list)
@@ -84,8 +89,8 @@ class SweepReport:
 
     def acted(self) -> bool:
         return bool(
-            self.failed or self.sent_again or self.never_started or self.joins_sent
-            or self.queued_calls_sent
+            self.failed or self.sent_again or self.awaiting_redelivery or self.never_started
+            or self.joins_sent or self.queued_calls_sent
         )
 
 
@@ -171,6 +176,13 @@ def _end_lost(
     run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
     if state.get("joining"):
         reason = f"join lost: {reason}"
+    elif not resend and state.get("worker_redelivers") and reason.startswith("worker lost"):
+        # The lost worker never acknowledged the message: the broker gives it back (at
+        # once on RabbitMQ, after the visibility timeout on Redis). An orphaned run is
+        # not among these: its live worker may have acknowledged it already.
+        if dry_run or endings.await_redelivery(run, reason):
+            report.awaiting_redelivery.append(label)
+        return
     if dry_run:
         ended: str | None = endings.SENT_AGAIN if resend else endings.FAILED
     else:

@@ -44,6 +44,7 @@ STATE_FIELDS: tuple[str, ...] = (
     "worker_hostname",
     "worker_instance",
     "worker_pid",
+    "worker_redelivers",
     "celery_task_id",
     "process_arguments",
     "joining",
@@ -394,17 +395,21 @@ def begin_join(
 
 @dataclass(frozen=True)
 class WorkerRef:
-    """The worker fields a claim records: node name, worker-start instance, pool pid."""
+    """The worker fields a claim records: node name, worker-start instance, pool pid, and
+    whether the broker gives the message back if this worker is lost (``acks_late`` +
+    ``reject_on_worker_lost``: the message is acknowledged only after the run)."""
 
     hostname: str | None = None
     instance: str | None = None
     pid: int | None = None
+    redelivers: bool = False
 
     def fields(self) -> dict[str, Any]:
         return {
             "worker_hostname": self.hostname,
             "worker_instance": self.instance,
             "worker_pid": self.pid,
+            "worker_redelivers": self.redelivers,
         }
 
 

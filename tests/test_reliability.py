@@ -137,6 +137,36 @@ def test_an_acks_late_redelivery_behind_a_backlog_waits_pending_and_is_not_swept
     assert fresh(job.pk).errors == []
 
 
+def test_an_acks_late_run_of_a_killed_worker_waits_for_its_redelivery_and_runs_again(
+    worker, start_worker, redis_client
+):
+    """The whole worker dies with an unacknowledged message: PENDING, then it runs again.
+
+    The broker gives the message back (RabbitMQ at once, Redis after the visibility
+    timeout, set here past the sweeper's judgement so the sweeper comes first).
+    """
+    env = {"PROCSTATUS_TEST_ACKS_LATE": "1", "PROCSTATUS_TEST_VISIBILITY_TIMEOUT": "8"}
+    doomed = start_worker("ackslate-doomed", FAULT_QUEUE, concurrency=1, **env)
+    job = FaultJob.create(name="redelivered after a worker loss")
+    job.hang_first_time()
+    running_pid(job)
+    wait_for(lambda: runs(redis_client, job.pk), timeout=30, what="the first run's mark")
+    assert FaultJob._get_collection().find_one({"_id": job.pk})["worker_redelivers"] is True
+    doomed.kill_group()
+    start_worker("ackslate-heir", FAULT_QUEUE, concurrency=1, **env)
+
+    def resolved() -> bool:
+        procstatus.sweep(threshold=THRESHOLD, classes=[FaultJob])
+        return fresh(job.pk).process_status is not ProcessStatus.RUNNING
+
+    wait_for(resolved, timeout=10 * THRESHOLD, interval=0.2, what="the sweeper")
+    assert job.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
+    done = fresh(job.pk)
+    assert done.errors == []
+    assert len(runs(redis_client, job.pk)) == 2
+    assert any(w.startswith("restarted after worker lost") for w in done.warnings), done.warnings
+
+
 def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(
     worker, start_worker, redis_client, record_figure
 ):

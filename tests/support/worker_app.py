@@ -29,7 +29,10 @@ if os.environ.get("PROCSTATUS_TEST_VISIBILITY_TIMEOUT"):
     # Redis redelivers a message taken but never acknowledged (a killed worker's
     # prefetched tasks) after this many seconds; Celery's default is an hour.
     app.conf.broker_transport_options = {
-        "visibility_timeout": float(os.environ["PROCSTATUS_TEST_VISIBILITY_TIMEOUT"])
+        "visibility_timeout": float(os.environ["PROCSTATUS_TEST_VISIBILITY_TIMEOUT"]),
+        # kombu looks for such messages every interval × throttle s (10 × 10 by default).
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
     }
 if os.environ.get("PROCSTATUS_TEST_ACKS_LATE"):
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
