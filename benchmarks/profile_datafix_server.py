@@ -13,7 +13,6 @@ the most samples for each.
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pymongo
 
 from benchmarks.common import log
 from benchmarks.datafix_bench import BARE_PIPELINE, seed
-from benchmarks.profile_hot_path import summarize
+from benchmarks.profile_hot_path import py_spy_path, report, summarize
 from datafix.task_status_runner import migrate_collection
 from devtools import services
 
@@ -51,7 +50,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--out")
     args = parser.parse_args()
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    py_spy = py_spy_path()
     work = Path(tempfile.mkdtemp(prefix="procstatus-datafix-profile-"))
     server = services.start_secantus(work)
     texts = []
@@ -70,11 +69,7 @@ def main() -> int:
                                    args.top, interesting=("secantus/",)))
     finally:
         server.stop()
-    text = "\n\n".join(texts)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return report(texts, args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,20 @@ INTERESTING = ("procstatus/", "benchmarks/", "mongoengine/", "pymongo/", "kombu/
                "json/", "bson/", "billiard/", "redis/", "logging/")
 
 
+def py_spy_path() -> str:
+    """py-spy on PATH, else next to this interpreter (``.venv/bin/pip install py-spy``)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def report(summaries: list[str], out: str | None) -> int:
+    """Print the summaries, and write them to ``out`` too; the exit code."""
+    text = "\n\n".join(summaries)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return 0
+
+
 def summarize(path: Path, title: str, top: int,
               interesting: tuple[str, ...] = INTERESTING) -> str:
     inclusive: Counter[str] = Counter()
@@ -78,7 +92,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", help="write the summary here too")
     args = parser.parse_args()
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    py_spy = py_spy_path()
     if not Path(py_spy).exists():
         parser.error("py-spy is not installed: .venv/bin/pip install py-spy")
     bench = Bench(Path(tempfile.mkdtemp(prefix="procstatus-profile-")))
@@ -111,11 +125,7 @@ def main() -> int:
         summaries.append(summarize(worker_out, f"worker main + pool ({args.side})", args.top))
     finally:
         bench.stop()
-    text = "\n\n".join(summaries)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return report(summaries, args.out)
 
 
 if __name__ == "__main__":
