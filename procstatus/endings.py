@@ -20,7 +20,9 @@ the run; the sweeper finds it again on its next pass.
 
 One outside path is not an ending: a lost pool process whose message the broker gives
 back (``acks_late`` + ``reject_on_worker_lost``) goes through :func:`await_redelivery`,
-back to PENDING under the same task id, and its redelivery starts it again.
+back to PENDING under the same task id, and its redelivery starts it again; a lost join
+task whose message comes back, through :func:`await_join_redelivery`, which makes its
+parent wait again.
 """
 
 from __future__ import annotations
@@ -127,6 +129,22 @@ def await_redelivery(run: RunRef, error: str) -> bool:
     )
     if moved:
         logger.warning("%s: %s; waiting for the broker to deliver it again", run.describe(), error)
+    return moved
+
+
+def await_join_redelivery(cls: type[Proc], pk: Any, task_id: str, error: str) -> bool:
+    """The pool process running a join was lost and the broker gives the join task back.
+
+    The parent waits again (RUNNING → WAITING_FOR_RESULT), so the redelivered join task
+    claims the wait and runs ``join()`` again: at least once, as ``acks_late`` promises.
+    ``False`` when that join task no longer runs the parent (it never began, or ended).
+    """
+    moved = transitions.abandon_join(
+        cls._get_collection(), pk, task_id, warning=f"join restarted after {error}"
+    )
+    if moved:
+        logger.warning("%s(%s): join lost (%s); waiting for the broker to deliver it again",
+                       cls.__name__, pk, error)
     return moved
 
 

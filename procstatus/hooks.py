@@ -183,13 +183,14 @@ class ProcessHooks:
 
 
 class RunRequest(Request):
-    """The main process's request for ``procstatus.run``: it sees a message given back.
+    """The main process's request for the generic tasks: it sees a message given back.
 
     A pool process lost under ``acks_late`` + ``reject_on_worker_lost`` (or killed at its
     hard time limit when ``acks_on_timeout`` is off) makes Celery requeue the message and
     send no ``task_failure``: no receiver hears of it. Celery's own hook for this is the
     task's request class. Whenever Celery rejects with requeue for such a failure, the
-    run goes back to PENDING first (:func:`procstatus.endings.await_redelivery`).
+    run goes back to PENDING first (:func:`procstatus.endings.await_redelivery`), or, for
+    a join task, its parent waits again (:func:`procstatus.endings.await_join_redelivery`).
     """
 
     _failure: BaseException | None = None
@@ -208,16 +209,23 @@ class RunRequest(Request):
             self._failure, (WorkerLostError, TimeLimitExceeded)
         ):
             try:
-                call = messages.resolve(self.args or (), self.kwargs or {})
-                error = describe_failure(self._failure, call.spec)[-1]
-                if self.worker_pid:
-                    error = f"{error} (pool process {self.worker_pid})"
-                endings.await_redelivery(RunRef(call.cls, call.pk, self.id, call.spec.name), error)
+                self._await_redelivery(self._failure)
             except MessageRejected:
                 pass
             except Exception:  # the redelivery can still take the run over when it is lost
                 logger.exception("could not record that task %s is delivered again", self.id)
         super().reject(requeue=requeue)
+
+    def _await_redelivery(self, failure: BaseException) -> None:
+        pool = f" (pool process {self.worker_pid})" if self.worker_pid else ""
+        if self.task.name == JOIN_TASK_NAME:
+            join_call = messages.resolve_join(self.args or (), self.kwargs or {})
+            error = describe_failure(failure, None)[-1] + pool
+            endings.await_join_redelivery(join_call.cls, join_call.pk, self.id, error)
+            return
+        call = messages.resolve(self.args or (), self.kwargs or {})
+        error = describe_failure(failure, call.spec)[-1] + pool
+        endings.await_redelivery(RunRef(call.cls, call.pk, self.id, call.spec.name), error)
 
 
 def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> None:
@@ -489,7 +497,7 @@ def install(
         task = celery_app.task(
             name=TASK_NAME, throws=(ProcessFailure,), Request=RunRequest, **options
         )(_run_task)
-        join_task = celery_app.task(name=JOIN_TASK_NAME, **options)(_join_task)
+        join_task = celery_app.task(name=JOIN_TASK_NAME, Request=RunRequest, **options)(_join_task)
         celery_app.task(name=SWEEP_TASK_NAME, bind=True, serializer="json")(_sweep_task)
         celery_app._procstatus_task = task  # type: ignore[attr-defined]
         celery_app._procstatus_join_task = join_task  # type: ignore[attr-defined]

@@ -75,8 +75,12 @@ LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
         {
             _S.SUCCESS,  # complete
             _S.FAILURE,  # complete, or end_from_outside (lost worker, orphaned, cancel)
-            _S.WAITING_FOR_RESULT,  # complete: the process waits for its children
-            _S.PENDING,  # back_to_pending: a retry, or sent again after a lost worker
+            # complete: the process waits for its children; abandon_join: a lost join
+            # task's message comes back (acks_late), so the parent waits for it again.
+            _S.WAITING_FOR_RESULT,
+            # back_to_pending: a retry, sent again after a lost worker, or waiting for the
+            # broker's redelivery (acks_late).
+            _S.PENDING,
             _S.RUNNING,  # reclaim: a redelivered task takes over a run known to be lost
             _S.READY,  # reset --force
         }

@@ -393,6 +393,29 @@ def begin_join(
     )
 
 
+@performs((_S.RUNNING, _S.WAITING_FOR_RESULT))
+def abandon_join(collection: Collection, pk: Any, task_id: str, *, warning: str) -> bool:
+    """RUNNING → WAITING_FOR_RESULT: the join task ``task_id`` was lost and is delivered again.
+
+    Undoes :func:`begin_join` (conditional on that join task still running it), so the
+    redelivered join task wins the wait again like any join task.
+    """
+    result = collection.update_one(
+        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
+         "joining": True},
+        {
+            "$set": {
+                "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
+                "last_status_message": "Waiting for the join task to be delivered again",
+                "status_changed_at": now(),
+                "joining": False,
+            },
+            "$push": {"warnings": warning},
+        },
+    )
+    return result.modified_count == 1
+
+
 @dataclass(frozen=True)
 class WorkerRef:
     """The worker fields a claim records: node name, worker-start instance, pool pid, and

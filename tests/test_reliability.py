@@ -28,6 +28,7 @@ from tests.support.models import (
     FaultJob,
     Job,
     OutageJob,
+    RejoinedParent,
     gate_key,
     runs_key,
 )
@@ -172,6 +173,23 @@ def test_an_acks_late_run_of_a_killed_worker_waits_for_its_redelivery_and_runs_a
     record_figure(f"RELIABILITY acks_late whole-worker kill ({broker_kind()}): PENDING for "
                   f"the redelivery, SUCCESS on another worker {time.monotonic() - killed_at:.1f}s "
                   "after the kill, body ran 2 times")
+
+
+def test_an_acks_late_join_whose_pool_process_is_lost_joins_again(
+    worker, start_worker, redis_client
+):
+    """The join's message goes back to the broker: the parent waits again, and is joined."""
+    start_worker("ackslate-join", FAULT_QUEUE, concurrency=1, PROCSTATUS_TEST_ACKS_LATE="1")
+    parent = RejoinedParent.create()
+    parent.wait()
+    joins = wait_for(lambda: runs(redis_client, parent.pk), timeout=30, what="the first join")
+    os.kill(int(joins[0].split(":")[1]), signal.SIGKILL)
+    assert parent.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
+    done = RejoinedParent.objects.get(pk=parent.pk)
+    assert len(runs(redis_client, parent.pk)) == 2
+    assert done.errors == []
+    [warning] = done.warnings
+    assert warning.startswith("join restarted after WorkerLostError: worker lost: "), warning
 
 
 def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(

@@ -269,7 +269,7 @@ class SlowParent(Proc):
 
 
 class SlowChild(Proc):
-    meta = {"collection": "slow_children", "indexes": ["parent_id"]}
+    meta = {"collection": "slow_children", "indexes": [("parent_id", "process_status")]}
 
     parent_id = ObjectIdField(required=True)
     number = IntField()
@@ -351,6 +351,24 @@ class BlockingJoinParent(Proc):
         _record_join(self)
         if redis_client().blpop([gate_key(self.pk)], timeout=120) is None:
             raise TimeoutError("gate never opened")
+
+
+class RejoinedParent(Proc):
+    """Waits on no child, so its join task is sent at once; join() blocks on its first run."""
+
+    meta = {"collection": "rejoined_parents"}
+
+    def children(self):  # type: ignore[no-untyped-def]
+        return SlowChild.objects(parent_id=self.pk)
+
+    @process(queue=FAULT_QUEUE)
+    def wait(self) -> ProcessStatus:
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    def join(self) -> None:
+        client = redis_client()
+        if client.rpush(runs_key(self.pk), f"join:{os.getpid()}") == 1:
+            client.blpop([gate_key(self.pk)], timeout=120)
 
 
 class QuotaExceeded(Exception):

@@ -156,7 +156,7 @@ other write carrying a ``task_id`` is held to invariant 2."""
 RUN_BOUNDARIES = frozenset({"schedule", "schedule_next", "unschedule", "reset"})
 """Writes that start, undo or reset a run: invariant 5 holds between them."""
 WON_BY_TRUTH = frozenset(
-    {"unschedule", "back_to_pending", "complete", "fail_run", "schedule_next"}
+    {"unschedule", "back_to_pending", "complete", "fail_run", "schedule_next", "abandon_join"}
 )
 """Writes that return a bool; the others return a document or ``None``."""
 
@@ -758,6 +758,26 @@ class StateModel(RuleBasedStateMachine):
         if moved:
             d.status, d.aged = S.PENDING, False
             d.warnings.append(f"restarted after {error}")
+        self.check_joins(joins_before, [])
+
+    @precondition(lambda self: any(d.joining and d.status is S.RUNNING
+                                   for d in self.docs.values()))
+    @rule(which=which_ids, data=st.data())
+    @_guarded
+    def await_join_redelivery(self, which, data):
+        """A lost join task whose message the broker gives back: the parent waits again."""
+        joining = [k for k in KEYS if self.docs[k].joining and self.docs[k].status is S.RUNNING]
+        d = self.docs[data.draw(st.sampled_from(joining), label="key")]
+        task = self.task_for(d, which, data)
+        error = f"lost {self.counter}"
+        joins_before = len(self.join_publisher.calls)
+        moved = endings.await_join_redelivery(d.cls, d.pk, task, error)
+        expected = d.status is S.RUNNING and task == d.task and d.joining
+        assert moved == expected, f"await_join_redelivery({d.key}, {task}) → {moved}"
+        STATS[f"await_join_redelivery {'moved' if moved else 'refused'}"] += 1
+        if moved:
+            d.status, d.joining, d.aged = S.WAITING_FOR_RESULT, False, False
+            d.warnings.append(f"join restarted after {error}")
         self.check_joins(joins_before, [])
 
     @precondition(lambda self: self.any_in({S.RUNNING}))

@@ -114,7 +114,7 @@ def test_the_writes_declare_exactly_the_table():
     assert declared == table
     assert set(transitions.EDGES_BY_WRITE) == {
         "schedule", "unschedule", "start", "reclaim", "back_to_pending", "complete",
-        "fail_run", "begin_join", "schedule_next", "reset",
+        "fail_run", "begin_join", "abandon_join", "schedule_next", "reset",
     }
 
 
