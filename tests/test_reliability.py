@@ -137,8 +137,8 @@ def test_an_acks_late_redelivery_behind_a_backlog_waits_pending_and_is_not_swept
     assert len(runs(redis_client, job.pk)) == 2
     assert fresh(job.pk).errors == []
     record_figure(f"RELIABILITY acks_late pool kill behind a backlog ({broker_kind()}): "
-                  f"{waiting.process_status.value} through sweeps past 2x threshold, "
-                  "then SUCCESS, body ran 2 times")
+                  f"{waiting.process_status.value} after sweeps past 2x threshold, "
+                  "SUCCESS at the end, body ran 2 times")
 
 
 def test_an_acks_late_run_of_a_killed_worker_waits_for_its_redelivery_and_runs_again(
@@ -165,18 +165,19 @@ def test_an_acks_late_run_of_a_killed_worker_waits_for_its_redelivery_and_runs_a
         return fresh(job.pk).process_status is not ProcessStatus.RUNNING
 
     wait_for(resolved, timeout=10 * THRESHOLD, interval=0.2, what="the sweeper")
+    resolved_as = fresh(job.pk).process_status
     assert job.block_until_complete(timeout=60) is ProcessStatus.SUCCESS
     done = fresh(job.pk)
     assert done.errors == []
     assert len(runs(redis_client, job.pk)) == 2
     assert any(w.startswith("restarted after worker lost") for w in done.warnings), done.warnings
-    record_figure(f"RELIABILITY acks_late whole-worker kill ({broker_kind()}): PENDING for "
-                  f"the redelivery, SUCCESS on another worker {time.monotonic() - killed_at:.1f}s "
-                  "after the kill, body ran 2 times")
+    record_figure(f"RELIABILITY acks_late whole-worker kill ({broker_kind()}): "
+                  f"{resolved_as.value} once no longer RUNNING, SUCCESS on another worker "
+                  f"{time.monotonic() - killed_at:.1f}s after the kill, body ran 2 times")
 
 
 def test_an_acks_late_join_whose_pool_process_is_lost_joins_again(
-    worker, start_worker, redis_client
+    worker, start_worker, redis_client, record_figure
 ):
     """The join's message goes back to the broker: the parent waits again, and is joined."""
     start_worker("ackslate-join", FAULT_QUEUE, concurrency=1, PROCSTATUS_TEST_ACKS_LATE="1")
@@ -190,6 +191,8 @@ def test_an_acks_late_join_whose_pool_process_is_lost_joins_again(
     assert done.errors == []
     [warning] = done.warnings
     assert warning.startswith("join restarted after WorkerLostError: worker lost: "), warning
+    record_figure(f"RELIABILITY acks_late join pool kill ({broker_kind()}): the parent waited "
+                  f"again and was joined, {done.process_status.value}, join() ran 2 times")
 
 
 def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(
