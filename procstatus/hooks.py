@@ -16,8 +16,9 @@ Receivers remain only where Celery gives no other hook:
 - ``task_failure`` in the worker's *main* process, for a pool process that was lost or
   killed at its hard time limit: the run is ended, or sent again, through
   :func:`procstatus.endings.end_run`; where Celery gives such a message back to the
-  broker instead (``acks_late``), it sends no signal, and the task's request class,
-  :class:`RunRequest`, moves the run back to PENDING for the redelivery;
+  broker instead (``acks_late``), it sends no signal, and the tasks' request class,
+  :class:`RunRequest`, moves the run back to PENDING (or a join's parent back to
+  waiting) for the redelivery;
 - ``worker_init`` / ``worker_ready`` / ``worker_shutdown``: the liveness heartbeat,
   written by the main process, and ``worker_process_init``: MongoDB connections.
 
