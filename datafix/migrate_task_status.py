@@ -46,6 +46,7 @@ from datafix.task_status_runner import (
     CollectionResult,
     migrate_collection,
 )
+from procstatus.text import redact
 
 EXIT_OK = 0
 EXIT_LEFT_BEHIND = 1
@@ -95,7 +96,7 @@ def _ping(client: pymongo.MongoClient, uri: str, timeout_s: float) -> None:
         # pymongo's message ends with a long topology description; the first part says it.
         first_line = re.split(r" \(configured timeouts|, Timeout:|\n", str(exc))[0]
         raise UsageProblem(
-            f"cannot reach MongoDB at {_redact(uri)} within {timeout_s:g}s ({first_line}). "
+            f"cannot reach MongoDB at {redact(uri)} within {timeout_s:g}s ({first_line}). "
             "Check that the server is running and that --mongodb-uri names its host and port "
             "(or raise --server-timeout on a slow network)."
         ) from None
@@ -119,16 +120,6 @@ def _mute_pymongo_background_errors() -> None:
     logger = logging.getLogger("pymongo.client")
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
-
-
-def _redact(uri: str) -> str:
-    """The URI without its password, for messages."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return uri
 
 
 def _check_collections(db: Database, names: list[str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mongoengine import (
@@ -28,6 +27,7 @@ from mongoengine.errors import SaveConditionError
 from mongoengine.queryset import QuerySet
 
 from procstatus import connection, transitions
+from procstatus.clock import utcnow
 from procstatus.errors import NotRunning, StatusFieldWrite
 from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
 
@@ -38,10 +38,6 @@ P = TypeVar("P", bound="Proc")
 
 PROGRESS_INTERVAL = 0.5
 """Seconds between two progress writes of one run (``install(progress_interval=...)``)."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class ProcQuerySet(QuerySet):
@@ -83,7 +79,7 @@ class Proc(Document):
     errors = ListField(StringField())
     warnings = ListField(StringField())
     last_status_message = StringField(default=None)
-    create_time = DateTimeField(default=_utcnow)
+    create_time = DateTimeField(default=utcnow)
     start_time = DateTimeField(default=None)
     complete_time = DateTimeField(default=None)
     status_changed_at = DateTimeField(default=None)

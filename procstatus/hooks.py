@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -67,6 +66,7 @@ from procstatus.errors import NotRunning, ProcessFailure
 from procstatus.liveness import Heartbeat, WorkerIdentity
 from procstatus.messages import MessageRejected, ProcessCall
 from procstatus.status import ProcessStatus
+from procstatus.text import redact
 from procstatus.transitions import WorkerRef
 
 logger = logging.getLogger("procstatus")
@@ -82,11 +82,6 @@ _BODY_RETRIES = "procstatus_body_retries"
 _TRANSIENT = (ConnectionFailure, AutoReconnect, NetworkTimeout, runner.ClaimUndecided)
 _PENDING = frozenset({ProcessStatus.PENDING})
 _RUNNING = frozenset({ProcessStatus.RUNNING})
-
-
-def redact(uri: str | None) -> str:
-    """``uri`` with any password replaced by ``***``, safe to log."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", uri or "")
 
 
 def worker_ref(hostname: str | None = None, task: Task | None = None) -> WorkerRef:

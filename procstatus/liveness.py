@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from mongoengine import DEFAULT_CONNECTION_NAME
@@ -33,6 +33,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from procstatus import connection
+from procstatus.clock import aware, utcnow
 
 logger = logging.getLogger("procstatus")
 
@@ -61,17 +62,6 @@ class LivenessSettings:
 
 
 settings = LivenessSettings()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # pymongo returns naive UTC datetimes unless the client is tz_aware.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 class WorkerIdentity:
@@ -106,10 +96,10 @@ class WorkerBeat:
         return cls(
             instance=document["_id"],
             hostname=document.get("hostname"),
-            heartbeat_at=_aware(document["heartbeat_at"]) or _utcnow(),
+            heartbeat_at=aware(document["heartbeat_at"]) or utcnow(),
             active=frozenset(document.get("active") or ()),
             stopped=bool(document.get("stopped")),
-            suspected_at=_aware(document.get("suspected_at")),
+            suspected_at=aware(document.get("suspected_at")),
         )
 
 
@@ -125,7 +115,7 @@ def beat(collection: Collection, active: Iterable[str], *, stopped: bool = False
             "$set": {
                 "hostname": WorkerIdentity.hostname,
                 "pid": os.getpid(),
-                "heartbeat_at": _utcnow(),
+                "heartbeat_at": utcnow(),
                 "active": sorted(active),
                 "stopped": stopped,
             },
@@ -139,7 +129,7 @@ def suspect_silent(
     collection: Collection, *, threshold: float, now: datetime | None = None
 ) -> dict[str, WorkerBeat]:
     """Mark workers silent past ``threshold`` as suspected (once); return every beat."""
-    now = now or _utcnow()
+    now = now or utcnow()
     collection.update_many(
         {
             "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
@@ -220,10 +210,10 @@ def lost_reason(
     more than that many seconds after the run began (a beat taken just before the
     claim may not list it yet) — the sweeper's "orphaned run" on a live worker.
     """
-    now = now or _utcnow()
+    now = now or utcnow()
     instance = state.get("worker_instance")
     hostname = state.get("worker_hostname") or "an unknown worker"
-    began = _aware(state.get("status_changed_at") or state.get("start_time")) or now
+    began = aware(state.get("status_changed_at") or state.get("start_time")) or now
     worker = beats.get(instance) if instance else None
     if worker is None:
         if now - began < timedelta(seconds=threshold):
@@ -262,7 +252,7 @@ def mark_gone(
     A deleted heartbeat still judges right: a run naming an unknown instance is lost.
     Returns how many heartbeats were newly marked stopped.
     """
-    now = now or _utcnow()
+    now = now or utcnow()
     silent = {
         "stopped": {"$ne": True},
         "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
@@ -300,9 +290,9 @@ def judge_remote_run(state: Mapping[str, Any]) -> str | None:
     if reason is not None:
         return reason
     worker = beats.get(state.get("worker_instance") or "")
-    started = _aware(state.get("start_time"))
+    started = aware(state.get("start_time"))
     if worker is None or (started is not None and worker.heartbeat_at <= started):
         return UNDECIDED
-    if _utcnow() - worker.heartbeat_at > timedelta(seconds=settings.threshold):
+    if utcnow() - worker.heartbeat_at > timedelta(seconds=settings.threshold):
         return UNDECIDED  # silent, but within its grace: ask again later
     return None

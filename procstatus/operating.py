@@ -35,6 +35,7 @@ from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyM
 from procstatus import queries
 from procstatus.queries import Source
 from procstatus.status import PROCESSING, ProcessStatus
+from procstatus.text import redact
 
 logger = logging.getLogger("procstatus")
 
@@ -47,12 +48,6 @@ START_SERVER_HINT = (
 
 class OperatorError(Exception):
     """A problem the operator can fix: one line saying what was wrong and how to fix it."""
-
-
-def redact(uri: str | None) -> str:
-    """``uri`` with any password replaced by ``***`` (as :func:`procstatus.hooks.redact`,
-    which imports Celery)."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", uri or "")
 
 
 def first_line(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from procstatus.clock import aware, utcnow
 from procstatus.liveness import WORKERS_COLLECTION
 from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
 
@@ -60,17 +61,6 @@ STATUS_FIELDS: tuple[str, ...] = (
     "call_queue",
 )
 """Every status field of a ``Proc`` document, in the order :func:`show` returns them."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def aware(moment: Any) -> datetime | None:
-    """``moment`` as an aware UTC datetime (pymongo returns naive UTC by default)."""
-    if not isinstance(moment, datetime):
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def seconds_since(moment: Any, now: datetime) -> float | None:

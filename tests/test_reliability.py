@@ -393,7 +393,7 @@ def test_oversize_forged_arguments_are_rejected(worker, celery_app_under_test, r
 
 
 def test_passwords_in_uris_are_redacted():
-    from procstatus.hooks import redact
+    from procstatus.text import redact
 
     assert redact("mongodb://app:s3cret@db1:27017,db2/x?replicaSet=r") == (
         "mongodb://app:***@db1:27017,db2/x?replicaSet=r"
