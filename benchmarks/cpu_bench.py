@@ -66,7 +66,7 @@ def minimal_batch(docs: list[Any]) -> None:
     from pymongo import ReturnDocument
 
     from benchmarks.bench_app import minimal_noop
-    from procstatus.dispatch import new_task_id
+    from procstatus.messages import new_task_id
 
     for doc in docs:
         collection = doc._get_collection()

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from procstatus.dispatch import process
-    from procstatus.document import Proc, ProcQuerySet
+    from procstatus.document import ProcQuerySet
     from procstatus.errors import (
+        CallQueueFull,
         NotInstalled,
         NotRunning,
         ProcessAlreadyRunning,
@@ -24,13 +25,15 @@ if TYPE_CHECKING:
         StatusFieldWrite,
     )
     from procstatus.hooks import install
+    from procstatus.proc import Proc
     from procstatus.status import ProcessStatus
     from procstatus.sweeper import SweepReport, sweep
 
 _WHERE = {
+    "CallQueueFull": "procstatus.errors",
     "NotInstalled": "procstatus.errors",
     "NotRunning": "procstatus.errors",
-    "Proc": "procstatus.document",
+    "Proc": "procstatus.proc",
     "ProcQuerySet": "procstatus.document",
     "ProcStatusError": "procstatus.errors",
     "ProcessAlreadyRunning": "procstatus.errors",
@@ -44,6 +47,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "CallQueueFull",
     "NotInstalled",
     "NotRunning",
     "Proc",

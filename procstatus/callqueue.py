@@ -7,9 +7,11 @@ of any number of concurrent callers none is lost and each gets its place; the qu
 bounded by :data:`MAX_QUEUED_CALLS` and a call past it raises :class:`CallQueueFull`.
 
 When a run ends — SUCCESS, or FAILURE of a process declared
-``clear_queue_on_failure=False`` — :func:`dispatch_next` schedules the first waiting call
-in one write conditional on that call still being first, takes it off the queue and
-publishes it under its own id as the task id. A FAILURE of a process with
+``clear_queue_on_failure=False`` — :func:`procstatus.endings.after_end` calls
+:func:`dispatch_next`, which schedules the first waiting call in one write conditional on
+that call still being first, takes it off the queue and publishes it under its own id as
+the task id. It ends nothing itself: a call it scheduled but could not send comes back
+as a :class:`NextCall` for :mod:`procstatus.endings` to end. A FAILURE of a process with
 ``clear_queue_on_failure=True`` (the default) drops the waiting calls in the same write
 that records the failure. A new call never overtakes waiting ones: scheduling requires an
 empty queue. Blocking processes (the default) still raise ``ProcessAlreadyRunning``
@@ -24,50 +26,76 @@ over it) schedules it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from procstatus import dispatch, transitions
+from procstatus import messages, transitions
+from procstatus.clock import utcnow
 from procstatus.errors import CallQueueFull
-from procstatus.status import COMPLETED, SCHEDULABLE, ProcessStatus, values
+from procstatus.spec import process_spec
+from procstatus.status import SCHEDULABLE, values
 
 if TYPE_CHECKING:
-    from procstatus.dispatch import ProcessSpec
-    from procstatus.document import Proc
+    from procstatus.document import ProcDocument
+    from procstatus.spec import ProcessSpec
 
 logger = logging.getLogger("procstatus")
 
 MAX_QUEUED_CALLS = 100
 """The most calls that may wait on one document."""
 
-QUEUED = "queued"
-IDLE = "idle"
 
-_has_queue: dict[type, bool] = {}
+class Queueing(Enum):
+    """What :func:`wait_in_queue` did with a call."""
 
-
-def has_queue(cls: type[Proc]) -> bool:
-    """Whether ``cls`` has a non-blocking process, so its documents may have waiting calls."""
-    if cls not in _has_queue:
-        specs = (dispatch.process_spec(cls, name) for name in dir(cls))
-        _has_queue[cls] = any(spec is not None and not spec.is_blocking for spec in specs)
-    return _has_queue[cls]
+    QUEUED = "queued"
+    """The call waits in the document's queue."""
+    IDLE = "idle"
+    """Nothing written: the document is no longer busy, so the call may be scheduled."""
 
 
-def wait_in_queue(proc: Proc, spec: ProcessSpec, arguments: dict[str, Any]) -> str:
-    """Queue a call of ``spec`` on a busy ``proc``; :data:`IDLE` if it is no longer busy."""
+class NextCallOutcome(Enum):
+    """What :func:`dispatch_next` did."""
+
+    NOTHING = "nothing"
+    """No call waits, or the document is busy."""
+    TAKEN = "taken"
+    """Another ending run scheduled the call first."""
+    SENT = "sent"
+    """The first waiting call is PENDING and its message sent."""
+    UNKNOWN_PROCESS = "unknown process"
+    """Scheduled, but it names no ``@process`` method: the run must be ended."""
+    NOT_SENT = "not sent"
+    """Scheduled, but its message could not be sent: the run must be ended."""
+
+
+@dataclass(frozen=True)
+class NextCall:
+    """The outcome of :func:`dispatch_next`, with the run it scheduled, if any."""
+
+    outcome: NextCallOutcome
+    task_id: str | None = None
+    process: str | None = None
+    error: str | None = None
+
+
+def wait_in_queue(proc: ProcDocument, spec: ProcessSpec, arguments: dict[str, Any]) -> Queueing:
+    """Queue a call of ``spec`` on a busy ``proc``; :data:`Queueing.IDLE` if it is no longer
+    busy. After :data:`Queueing.QUEUED`, the caller starts the queue's head in case the
+    document went idle meanwhile."""
     collection = proc._get_collection()
     entry = {
-        "id": dispatch.new_task_id(),
+        "id": messages.new_task_id(),
         "process": spec.name,
         "args": arguments["args"],
         "kwargs": arguments["kwargs"],
-        "queued_at": transitions.now(),
+        "queued_at": utcnow(),
     }
     if transitions.enqueue_call(collection, proc.pk, entry, MAX_QUEUED_CALLS):
         logger.info("%s(%s).%s queued as %s", type(proc).__name__, proc.pk, spec.name,
                     entry["id"])
-        dispatch_next(type(proc), proc.pk)  # in case the document went idle meanwhile
-        return QUEUED
+        return Queueing.QUEUED
     state = transitions.read_state(collection, proc.pk)
     if state is None:
         raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
@@ -77,22 +105,11 @@ def wait_in_queue(proc: Proc, spec: ProcessSpec, arguments: dict[str, Any]) -> s
             f"{MAX_QUEUED_CALLS} calls already wait on this document. Wait for some to run, "
             "or cancel the current process (cancel()) and let the queue drain."
         )
-    return IDLE
+    return Queueing.IDLE
 
 
-def after_end(cls: type[Proc], pk: Any, status: ProcessStatus | None) -> None:
-    """A run of ``cls(pk)`` ended with ``status``: start the next waiting call, if any."""
-    if status in COMPLETED and has_queue(cls):
-        try:
-            dispatch_next(cls, pk)
-        except Exception:
-            logger.exception("could not start the next queued call of %s(%s)", cls.__name__, pk)
-
-
-def dispatch_next(cls: type[Proc], pk: Any) -> bool:
-    """Schedule and publish the first waiting call of an idle ``cls(pk)``; ``True`` if sent."""
-    from procstatus import endings  # endings notify this module; import at use
-
+def dispatch_next(cls: type[ProcDocument], pk: Any) -> NextCall:
+    """Schedule and publish the first waiting call of an idle ``cls(pk)``."""
     collection = cls._get_collection()
     idle_with_calls = {
         "_id": pk,
@@ -101,25 +118,27 @@ def dispatch_next(cls: type[Proc], pk: Any) -> bool:
     }
     state = collection.find_one(idle_with_calls, {"call_queue": {"$slice": 1}})
     if state is None:
-        return False
+        return NextCall(NextCallOutcome.NOTHING)
     head = state["call_queue"][0]
-    spec = dispatch.process_spec(cls, head.get("process") or "")
+    process = str(head.get("process"))
+    spec = process_spec(cls, head.get("process") or "")
     args: list[Any] = list(head.get("args") or [])
     kwargs: dict[str, Any] = dict(head.get("kwargs") or {})
     arguments = {"args": args, "kwargs": kwargs}
     task_id = str(head["id"])
-    if not transitions.schedule_next(
-        collection, pk, task_id, str(head.get("process")), task_id, arguments
-    ):
-        return False  # another ending run scheduled it first
-    run = endings.RunRef(cls, pk, task_id, head.get("process"))
+    if not transitions.schedule_next(collection, pk, task_id, process, task_id, arguments):
+        return NextCall(NextCallOutcome.TAKEN)
     if spec is None:
-        endings.end_run(run, f"queued call {head.get('process')!r} is not a @process method")
-        return False
+        return NextCall(
+            NextCallOutcome.UNKNOWN_PROCESS, task_id, head.get("process"),
+            f"queued call {head.get('process')!r} is not a @process method",
+        )
     try:
-        dispatch.publish(cls, pk, spec, args, kwargs, task_id)
+        messages.publish(cls, pk, spec, args, kwargs, task_id)
     except Exception as exc:
-        endings.end_run(run, f"the queued call could not be sent: {exc}")
-        return False
+        return NextCall(
+            NextCallOutcome.NOT_SENT, task_id, spec.name,
+            f"the queued call could not be sent: {exc}",
+        )
     logger.info("%s(%s).%s: queued call %s sent", cls.__name__, pk, spec.name, task_id)
-    return True
+    return NextCall(NextCallOutcome.SENT, task_id, spec.name)

@@ -1,83 +1,96 @@
-"""The caller's side: ``@process``, argument checks, scheduling and publishing.
+"""The caller's side: ``@process``, and what calling a decorated method does.
 
-Calling a decorated method on a saved :class:`~procstatus.Proc` checks the arguments,
-moves the document to PENDING in one conditional write and publishes the generic task
-that :func:`procstatus.install` registered. The worker's side of the same messages,
-turning them back into calls, is :mod:`procstatus.messages`.
+Calling a decorated method on a saved :class:`~procstatus.Proc` checks the arguments
+(:mod:`procstatus.spec`), moves the document to PENDING in one conditional write
+(:func:`procstatus.transitions.schedule`) and publishes the generic task
+(:func:`procstatus.messages.publish`). A non-blocking process called on a busy document
+waits in its queue instead (:mod:`procstatus.callqueue`). If the message cannot be sent,
+the document is put back as it was, and :func:`procstatus.endings.after_end` runs as
+after any run that did not happen: the parent is told, waiting calls may start.
+
+``@process`` keeps the method's signature for type checkers: ``upload.process(1)`` on a
+``def process(self, path: str)`` is a type error, and the call returns ``None``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import threading
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
-from procstatus import transitions
-from procstatus.errors import NotInstalled, ProcessAlreadyRunning
+from procstatus import callqueue, endings, messages, runtime, transitions
+from procstatus.callqueue import Queueing
+from procstatus.document import ProcDocument
+from procstatus.errors import ProcessAlreadyRunning
+from procstatus.spec import SPEC_ATTRIBUTE, ProcessSpec, check_arguments
 from procstatus.status import ProcessStatus
-
-if TYPE_CHECKING:
-    from celery import Task
-
-    from procstatus.document import Proc
 
 logger = logging.getLogger("procstatus")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-MAX_ARGUMENT_BYTES = 64 * 1024
-"""Largest JSON encoding of a call's arguments; bigger data belongs in the document."""
-
-_SPEC_ATTRIBUTE = "__procstatus_process__"
-_STRICT_JSON = json.JSONEncoder(allow_nan=False)
-"""``json.dumps(..., allow_nan=False)`` without building an encoder on every call."""
+P = ParamSpec("P")
+D = TypeVar("D", bound=ProcDocument)
+ProcessMethod = Callable[Concatenate[D, P], None]
+"""A decorated method: the method's own parameters; calling it returns ``None``."""
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
-    """What ``@process`` knows about one method."""
+@dataclass
+class ChildrenStarted:
+    """How many child calls were published inside :func:`counting_children`."""
 
-    name: str
-    function: Callable[..., Any]
-    is_child: bool = False
-    queue: str | None = None
-    soft_time_limit: float | None = None
-    time_limit: float | None = None
-    autoretry_for: tuple[type[BaseException], ...] = ()
-    max_retries: int = 3
-    retry_backoff: float = 1.0
-    retry_backoff_max: float = 600.0
-    retry_on_worker_lost: bool = False
-    is_blocking: bool = True
-    clear_queue_on_failure: bool = True
-    priority: int | None = None
-
-    def retry_countdown(self, retries_done: int) -> float:
-        """Seconds before attempt ``retries_done + 2``: exponential, capped."""
-        return float(min(self.retry_backoff * (2 ** retries_done), self.retry_backoff_max))
+    count: int = 0
 
 
-_children_sent = 0
-"""How many ``is_child`` calls this process has published (see :func:`children_sent`)."""
-
-_publisher: Task | None = None
-_join_publisher: Task | None = None
+_children_started: ContextVar[ChildrenStarted | None] = ContextVar(
+    "procstatus_children_started", default=None
+)
 
 
-def set_publisher(task: Task, join_task: Task | None = None) -> None:
-    """Called by :func:`procstatus.install` with the generic run and join tasks."""
-    global _publisher, _join_publisher
-    _publisher = task
-    _join_publisher = join_task
+@contextmanager
+def counting_children() -> Iterator[ChildrenStarted]:
+    """Count the ``is_child`` calls published in this context (thread, greenlet) only.
+
+    A join asks whether its ``join()`` started a child. Several runs share one process
+    under Celery's threads and gevent pools, so a count for the whole process would see
+    other runs' children; a context variable sees this run's alone. Limit: children
+    started from a thread that ``join()`` itself spawns are not counted.
+    """
+    counter = ChildrenStarted()
+    token = _children_started.set(counter)
+    try:
+        yield counter
+    finally:
+        _children_started.reset(token)
+
+
+@overload
+def process(function: Callable[Concatenate[D, P], Any]) -> ProcessMethod[D, P]: ...
+
+
+@overload
+def process(
+    function: None = None,
+    *,
+    is_child: bool = False,
+    queue: str | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
+    autoretry_for: tuple[type[BaseException], ...] = (),
+    max_retries: int = 3,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 600.0,
+    retry_on_worker_lost: bool = False,
+    is_blocking: bool = True,
+    clear_queue_on_failure: bool = True,
+    priority: int | None = None,
+) -> Callable[[Callable[Concatenate[D, P], Any]], ProcessMethod[D, P]]: ...
 
 
 def process(
-    function: F | None = None,
+    function: Callable[..., Any] | None = None,
     *,
     is_child: bool = False,
     queue: str | None = None,
@@ -123,7 +136,7 @@ def process(
     if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 255):
         raise ValueError(f"priority must be an int from 0 to 255 (Celery's), not {priority!r}")
 
-    def decorate(fn: F) -> F:
+    def decorate(fn: Callable[Concatenate[D, P], Any]) -> ProcessMethod[D, P]:
         spec = ProcessSpec(
             fn.__name__, fn, is_child=is_child, queue=queue,
             soft_time_limit=soft_time_limit, time_limit=time_limit,
@@ -134,89 +147,34 @@ def process(
         )
 
         @functools.wraps(fn)
-        def call(self: Proc, *args: Any, **kwargs: Any) -> None:
+        def call(self: D, /, *args: P.args, **kwargs: P.kwargs) -> None:
             dispatch(self, spec, args, kwargs)
 
-        setattr(call, _SPEC_ATTRIBUTE, spec)
-        return call  # type: ignore[return-value]
+        setattr(call, SPEC_ATTRIBUTE, spec)
+        return call
 
     if function is not None:
         return decorate(function)
     return decorate
 
 
-def process_spec(cls: type, name: str) -> ProcessSpec | None:
-    """The spec of ``cls.name`` if it is a ``@process`` method, else ``None``."""
-    attribute = getattr(cls, name, None)
-    spec = getattr(attribute, _SPEC_ATTRIBUTE, None)
-    return spec if isinstance(spec, ProcessSpec) else None
-
-
-def check_arguments(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Raise ``TypeError`` naming the first argument that JSON cannot carry."""
-    try:
-        # The common case in one pass: every argument is encoded once, for the size.
-        for value in (*args, *kwargs.values()):
-            _require_str_keys(value)
-        size = len(_STRICT_JSON.encode([list(args), kwargs]))
-    except (TypeError, ValueError):
-        _name_bad_argument(owner, args, kwargs)
-        raise  # not reached: one of the arguments is the one that failed
-    if size > MAX_ARGUMENT_BYTES:
-        raise ValueError(
-            f"arguments of {owner}() are {size} bytes as JSON, over the "
-            f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on the document"
-        )
-
-
-def _name_bad_argument(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Raise ``TypeError`` naming the first argument that JSON cannot carry (if any)."""
-    named = [(f"positional argument {i}", v) for i, v in enumerate(args)]
-    named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
-    for label, value in named:
-        try:
-            _require_str_keys(value)
-            _STRICT_JSON.encode(value)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"{label} of {owner}() is not JSON-serializable ({exc}); process "
-                "arguments travel as JSON: pass str, int, float, bool, None, or lists "
-                "and dicts of them (store anything bigger on the document)"
-            ) from None
-
-
-def _require_str_keys(value: Any) -> None:
-    # json.dumps would turn {1: "a"} into {"1": "a"}: the method would get other data.
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"dict key {key!r} is not a string")
-            _require_str_keys(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _require_str_keys(item)
-
-
-def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+def dispatch(
+    proc: ProcDocument, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[str, Any]
+) -> None:
     """Schedule ``spec`` on ``proc`` and publish its task; see :func:`process`."""
     owner = f"{type(proc).__name__}.{spec.name}"
     check_arguments(owner, args, kwargs)
     if proc.pk is None:
         raise ValueError(f"save() the {type(proc).__name__} before calling {spec.name}()")
-    if _publisher is None:
-        raise NotInstalled(
-            f"{owner}() needs a Celery app: call procstatus.install(celery_app) at import "
-            "time of your Celery app module"
-        )
+    runtime.current.run(f"{owner}()")  # NotInstalled before anything is written
     collection = proc._get_collection()
-    task_id = new_task_id()
+    task_id = messages.new_task_id()
     arguments = {"args": list(args), "kwargs": dict(kwargs)}
     previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
     if previous is None and not spec.is_blocking:
-        from procstatus import callqueue  # the queue of calls is the rarer path
-
         for _ in range(3):  # the document may go idle between the two writes: try again
-            if callqueue.wait_in_queue(proc, spec, arguments) == callqueue.QUEUED:
+            if callqueue.wait_in_queue(proc, spec, arguments) is Queueing.QUEUED:
+                endings.start_next_call(type(proc), proc.pk)  # in case it went idle meanwhile
                 proc.reload_status()
                 return
             previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
@@ -231,20 +189,20 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
             waiting=len(state.get("call_queue") or ()),
         )
     try:
-        ran_inline = publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
+        ran_inline = messages.publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
     except BaseException:
         # The message is not on the broker: nothing will ever start this run.
-        if not transitions.unschedule(collection, proc.pk, task_id, previous):
+        if transitions.unschedule(collection, proc.pk, task_id, previous):
+            # As after any run: calls queued while it was PENDING must not wait for it.
+            restored = ProcessStatus(previous.get("process_status") or ProcessStatus.READY)
+            endings.after_end(type(proc), proc.pk, spec.name, restored)
+        else:
             logger.error("could not restore %s(%s) after a failed publish", owner, proc.pk)
-        if not spec.is_blocking:
-            from procstatus import callqueue
-
-            # Calls queued while this one was PENDING must not wait for a run that never was.
-            callqueue.after_end(type(proc), proc.pk, ProcessStatus.SUCCESS)
         raise
     if spec.is_child:
-        global _children_sent
-        _children_sent += 1
+        counter = _children_started.get()
+        if counter is not None:
+            counter.count += 1
     if ran_inline:
         proc.reload_status()  # Celery's eager mode ran the whole process inside publish()
         return
@@ -262,90 +220,3 @@ def dispatch(proc: Proc, spec: ProcessSpec, args: Sequence[Any], kwargs: dict[st
             "celery_task_id": task_id,
         }
     )
-
-
-def publish(
-    cls: type[Proc],
-    pk: Any,
-    spec: ProcessSpec,
-    args: list[Any],
-    kwargs: dict[str, Any],
-    task_id: str,
-) -> bool:
-    """Send the generic task for an already scheduled call.
-
-    Returns whether the task already ran, inline, as Celery's ``task_always_eager`` does.
-    """
-    if _publisher is None:
-        raise NotInstalled("procstatus.install(celery_app) was not called in this process")
-    _publisher.apply_async(
-        args=[cls._class_name, json_pk(pk), spec.name, args, kwargs],
-        task_id=task_id,
-        # What Celery's own tools show (logs, inspect, events, Flower): Upload.process_upload.
-        shadow=f"{cls.__name__}.{spec.name}",
-        queue=spec.queue,
-        soft_time_limit=spec.soft_time_limit,
-        time_limit=spec.time_limit,
-        priority=spec.priority,
-    )
-    return bool(_publisher.app.conf.task_always_eager)
-
-
-def publish_join(cls: type[Proc], pk: Any, spec: ProcessSpec | None) -> str:
-    """Send a join task for the parent ``cls(pk)``, under its process's queue and limits.
-
-    Whoever sends it, the conditional WAITING_FOR_RESULT → RUNNING write lets one join
-    task per wait run ``join()``. Returns the join task's id.
-    """
-    if _join_publisher is None:
-        raise NotInstalled("procstatus.install(celery_app) was not called in this process")
-    task_id = new_task_id()
-    _join_publisher.apply_async(
-        args=[cls._class_name, json_pk(pk)],
-        task_id=task_id,
-        shadow=f"{cls.__name__}.join",
-        queue=spec.queue if spec else None,
-        soft_time_limit=spec.soft_time_limit if spec else None,
-        time_limit=spec.time_limit if spec else None,
-    )
-    return task_id
-
-
-def children_sent() -> int:
-    """A counter of child calls published by this process; a join compares two readings."""
-    return _children_sent
-
-
-REVOKE_WAIT = 5.0
-"""Seconds a cancel waits for its revoke to reach the broker before it returns anyway."""
-
-
-def revoke(task_id: str, *, terminate: bool) -> bool:
-    """Tell the workers to drop (or, with ``terminate``, kill) the task ``task_id``.
-
-    Celery's broadcast retries for as long as the broker is unreachable; the caller waits
-    at most :data:`REVOKE_WAIT` seconds and returns ``False`` if it was not sent by then
-    (it goes on trying in the background). The status is written before, so a worker
-    that gets the message anyway cannot claim it.
-    """
-    if _publisher is None:
-        raise NotInstalled("procstatus.install(celery_app) was not called in this process")
-    control = _publisher.app.control
-    sender = threading.Thread(
-        target=control.revoke, args=(task_id,),
-        kwargs={"terminate": terminate, "signal": "SIGKILL"},
-        name=f"procstatus-revoke-{task_id}", daemon=True,
-    )
-    sender.start()
-    sender.join(REVOKE_WAIT)
-    return not sender.is_alive()
-
-
-def new_task_id() -> str:
-    """A Celery task id (the same form Celery generates)."""
-    return str(uuid.uuid4())
-
-
-def json_pk(pk: Any) -> Any:
-    """``pk`` as it travels in a message: ints and strings as they are, others as str."""
-    return pk if isinstance(pk, (int, str)) and not isinstance(pk, bool) else str(pk)

@@ -1,9 +1,14 @@
-"""The abstract ``Proc`` Document: its status fields, indexes, queries and read-side helpers.
+"""The status fields of a ``Proc`` document: fields, indexes, queries, reads, in-run writes.
 
-Subclass it, add your own fields and ``meta`` (the base index on ``process_status`` is
-kept), and decorate methods with :func:`procstatus.process`. Status fields are written
-only by :mod:`procstatus.transitions`; ``save()`` refuses to write them on an existing
-document, so a stale in-memory copy can never overwrite a newer status.
+:class:`ProcDocument` is the abstract mongoengine Document under
+:class:`procstatus.Proc`: everything a document knows of its own status, and what the
+running process may write to it (step, warnings, progress). The machinery that runs,
+ends and joins processes works on it; :class:`procstatus.Proc` adds the operations
+that need that machinery (``cancel()``). Subclass ``Proc``, never this class.
+
+Status fields are written only by :mod:`procstatus.transitions`; ``save()`` refuses to
+write them on an existing document, so a stale in-memory copy can never overwrite a
+newer status.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from mongoengine import (
 from mongoengine.errors import SaveConditionError
 from mongoengine.queryset import QuerySet
 
-from procstatus import connection, transitions
+from procstatus import connection, runtime, transitions
 from procstatus.clock import utcnow
 from procstatus.errors import NotRunning, StatusFieldWrite
 from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
@@ -34,11 +39,7 @@ from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
 if TYPE_CHECKING:
     from mongoengine.queryset import QuerySet as _QuerySet
 
-P = TypeVar("P", bound="Proc")
-
-PROGRESS_INTERVAL = 0.5
-"""Seconds between two progress writes of one run (``install(progress_interval=...)``)."""
-
+P = TypeVar("P", bound="ProcDocument")
 
 class ProcQuerySet(QuerySet):
     """Queries by status: ``Upload.objects.processing()``, ``.failed()``, ``.with_status(...)``."""
@@ -57,8 +58,8 @@ class ProcQuerySet(QuerySet):
         return self.with_status(ProcessStatus.FAILURE)
 
 
-class Proc(Document):
-    """A document whose processes run on Celery workers and whose status is always stored."""
+class ProcDocument(Document):
+    """The status of a document whose processes run on Celery workers (see ``Proc``)."""
 
     meta = {
         "abstract": True,
@@ -218,7 +219,7 @@ class Proc(Document):
         task_id = self._owned_run("set_progress")
         self._set_state({"progress_done": done, "progress_total": total})
         moment = time.monotonic()
-        if moment - self._progress_written_at < PROGRESS_INTERVAL:
+        if moment - self._progress_written_at < runtime.current.progress_interval:
             self._progress_unwritten = True
             return
         if not transitions.set_progress(self._get_collection(), self.pk, task_id, done, total):
@@ -231,20 +232,6 @@ class Proc(Document):
         if not self._progress_unwritten:
             return None
         return {"progress_done": self.progress_done, "progress_total": self.progress_total}
-
-    def cancel(self, terminate: bool = False) -> bool:
-        """End the process under way as FAILURE "cancelled"; ``False`` if none was.
-
-        A PENDING process never runs: its message is revoked and, should a worker get it
-        anyway, the claim fails. A RUNNING process is killed with ``terminate=True``;
-        without, it is marked cancelled at once and stops at its next
-        ``set_process_step()`` or ``warning()``, and nothing it writes to its status
-        afterwards is kept. A cancelled parent is not joined; a cancelled child's parent
-        is told, and joins once its other children have ended.
-        """
-        from procstatus import endings  # revoking needs Celery; reading this module does not
-
-        return endings.cancel(self, terminate=terminate)
 
     # --- hooks a subclass may override -------------------------------------------------
 
@@ -268,7 +255,7 @@ class Proc(Document):
 
     # --- parents and children ----------------------------------------------------------
 
-    def parent(self) -> Proc | None:
+    def parent(self) -> ProcDocument | None:
         """A child returns the parent it reports to (``@process(is_child=True)`` methods)."""
         raise NotImplementedError(
             f"{type(self).__name__} has child processes but does not implement parent()"

@@ -1,4 +1,4 @@
-"""Ending a run from outside its own process: one path that writes the end, then tells the parent.
+"""How runs end: one path for every ending from outside, and one step after every ending.
 
 A run ends in its own process (see :mod:`procstatus.runner`) or from outside it:
 
@@ -12,11 +12,13 @@ Each of these calls :func:`end_run`. It writes FAILURE through
 :func:`procstatus.transitions.fail_run` — conditional on the run's task id and process,
 so only the run that was meant ends, and a late or second ending changes nothing — or,
 for a process marked ``retry_on_worker_lost``, moves the run back to PENDING and sends
-it again under a new task id. A run that ended is then announced to its parent through
-:func:`procstatus.join.notify_parent`, which sends a join task and never runs ``join()``
-here, and the next queued call of the document, if any, is started
-(:mod:`procstatus.callqueue`). Limit: if MongoDB cannot be written, nothing here can end
+it again under a new task id. Limit: if MongoDB cannot be written, nothing here can end
 the run; the sweeper finds it again on its next pass.
+
+Every ending, in the run's own process or from outside, is followed by
+:func:`after_end`, the only caller of the parent notice (:mod:`procstatus.join`, which
+sends a join task and never runs ``join()`` here) and, through :func:`start_next_call`,
+of the queue of calls (:mod:`procstatus.callqueue`).
 
 One outside path is not an ending: a lost pool process whose message the broker gives
 back (``acks_late`` + ``reject_on_worker_lost``) goes through :func:`await_redelivery`,
@@ -29,26 +31,34 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from procstatus import callqueue, dispatch, join, transitions
-from procstatus.status import PROCESSING, ProcessStatus
+from procstatus import callqueue, join, messages, transitions
+from procstatus.callqueue import NextCall, NextCallOutcome
+from procstatus.failures import describe
+from procstatus.spec import has_non_blocking, process_spec
+from procstatus.status import PROCESSING, SCHEDULABLE, ProcessStatus
 
 if TYPE_CHECKING:
-    from procstatus.document import Proc
+    from procstatus.document import ProcDocument
     from procstatus.messages import ProcessCall
 
 logger = logging.getLogger("procstatus")
 
-FAILED = "failed"
-SENT_AGAIN = "sent again"
+
+class Ending(Enum):
+    """What :func:`end_run` did."""
+
+    FAILED = "failed"
+    SENT_AGAIN = "sent again"
 
 
 @dataclass(frozen=True)
 class RunRef:
     """Which run to end: the document, the task id that owns the run, and its process."""
 
-    cls: type[Proc]
+    cls: type[ProcDocument]
     pk: Any
     task_id: str | None
     process: str | None
@@ -63,15 +73,15 @@ def end_run(
     *,
     statuses: frozenset[ProcessStatus] = PROCESSING,
     send_again: ProcessCall | None = None,
-) -> str | None:
-    """End ``run`` from outside with ``error``, or send it again; then tell its parent.
+) -> Ending | None:
+    """End ``run`` from outside with ``error``, or send it again; then :func:`after_end`.
 
-    Returns :data:`FAILED`, :data:`SENT_AGAIN`, or ``None`` when the run had already
-    ended or moved on (the write was conditional and matched nothing).
+    Returns what it did, or ``None`` when the run had already ended or moved on (the
+    write was conditional and matched nothing).
     """
     collection = run.cls._get_collection()
     if send_again is not None:
-        new_id = dispatch.new_task_id()
+        new_id = messages.new_task_id()
         moved = transitions.back_to_pending(
             collection, run.pk, run.task_id or "", new_task_id=new_id,
             message=f"Process {run.process} pending again: {error}",
@@ -79,7 +89,7 @@ def end_run(
         )
         if moved:
             try:
-                dispatch.publish(
+                messages.publish(
                     send_again.cls, send_again.pk, send_again.spec, send_again.args,
                     send_again.kwargs, new_id,
                 )
@@ -87,21 +97,64 @@ def end_run(
                 logger.error("%s: could not send again: %s", run.describe(), exc)
                 resend_failed = RunRef(run.cls, run.pk, new_id, run.process)
                 return end_run(
-                    resend_failed, f"{error}; could not send again: {_text(exc)}",
+                    resend_failed, f"{error}; could not send again: {describe(exc)}",
                     statuses=frozenset({ProcessStatus.PENDING}),
                 )
             logger.warning("%s: %s; sent again as task %s", run.describe(), error, new_id)
-            return SENT_AGAIN
-    spec = dispatch.process_spec(run.cls, run.process or "")
+            return Ending.SENT_AGAIN
+    spec = process_spec(run.cls, run.process or "")
     if not transitions.fail_run(
         collection, run.pk, run.task_id, run.process, error, statuses,
         clear_queue=spec is None or spec.clear_queue_on_failure,
     ):
         return None
     logger.warning("%s ended from outside: %s", run.describe(), error)
-    join.notify_parent_of(run.cls, run.pk, run.process)
-    callqueue.after_end(run.cls, run.pk, ProcessStatus.FAILURE)
-    return FAILED
+    after_end(run.cls, run.pk, run.process, ProcessStatus.FAILURE)
+    return Ending.FAILED
+
+
+def after_end(
+    cls: type[ProcDocument],
+    pk: Any,
+    process: str | None,
+    status: ProcessStatus | None,
+    *,
+    proc: ProcDocument | None = None,
+) -> None:
+    """After a run of ``cls(pk)``'s ``process`` ended and left the document ``status``.
+
+    ``status`` is what the ending wrote (``None``: it wrote nothing, the run had moved
+    on). A parent that now waits gets its join sent if its children are done; a child
+    tells its parent, even when its own write was refused (the parent may wait on
+    nothing else); an idle document starts its next queued call. ``proc`` is the run's
+    own copy, when the caller has it. Errors are logged: the ending stands.
+    """
+    try:
+        if status is ProcessStatus.WAITING_FOR_RESULT:
+            join.join_if_ready(proc if proc is not None else cls.objects(pk=pk).get())
+        else:
+            join.notify_parent_of(cls, pk, process, child=proc)
+    except Exception:
+        logger.exception("could not send the join after %s(%s) ended", cls.__name__, pk)
+    if status in SCHEDULABLE:
+        start_next_call(cls, pk)
+
+
+def start_next_call(cls: type[ProcDocument], pk: Any) -> NextCall:
+    """Start the first call waiting on an idle ``cls(pk)``; end it if it cannot be sent.
+
+    Classes without a non-blocking process have no queue and pay nothing.
+    """
+    if not has_non_blocking(cls):
+        return NextCall(NextCallOutcome.NOTHING)
+    try:
+        next_call = callqueue.dispatch_next(cls, pk)
+    except Exception:
+        logger.exception("could not start the next queued call of %s(%s)", cls.__name__, pk)
+        return NextCall(NextCallOutcome.NOTHING)
+    if next_call.outcome in (NextCallOutcome.UNKNOWN_PROCESS, NextCallOutcome.NOT_SENT):
+        end_run(RunRef(cls, pk, next_call.task_id, next_call.process), next_call.error or "")
+    return next_call
 
 
 def await_redelivery(run: RunRef, error: str) -> bool:
@@ -132,7 +185,7 @@ def await_redelivery(run: RunRef, error: str) -> bool:
     return moved
 
 
-def await_join_redelivery(cls: type[Proc], pk: Any, task_id: str, error: str) -> bool:
+def await_join_redelivery(cls: type[ProcDocument], pk: Any, task_id: str, error: str) -> bool:
     """The pool process running a join was lost and the broker gives the join task back.
 
     The parent waits again (RUNNING → WAITING_FOR_RESULT), so the redelivered join task
@@ -148,7 +201,7 @@ def await_join_redelivery(cls: type[Proc], pk: Any, task_id: str, error: str) ->
     return moved
 
 
-def cancel(proc: Proc, *, terminate: bool = False) -> bool:
+def cancel(proc: ProcDocument, *, terminate: bool = False) -> bool:
     """End ``proc``'s process under way as FAILURE "cancelled"; ``False`` if none was.
 
     The status is written first; the task is revoked after (killed with ``terminate``).
@@ -168,21 +221,15 @@ def cancel(proc: Proc, *, terminate: bool = False) -> bool:
         return False
     if status != ProcessStatus.WAITING_FOR_RESULT.value and task_id:
         try:
-            sent = dispatch.revoke(task_id, terminate=terminate)
+            sent = messages.revoke(task_id, terminate=terminate)
         except Exception as exc:  # the status is written; a worker that gets it cannot claim
             logger.warning("%s cancelled, but the revoke failed: %s", run.describe(), exc)
         else:
             if not sent:
                 logger.warning(
                     "%s cancelled; the broker did not take the revoke within %g s (it is "
-                    "still being sent)%s", run.describe(), dispatch.REVOKE_WAIT,
+                    "still being sent)%s", run.describe(), messages.REVOKE_WAIT,
                     "; a RUNNING process is killed once it arrives" if terminate else "",
                 )
     proc.reload_status()
     return True
-
-
-def _text(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

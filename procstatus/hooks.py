@@ -1,15 +1,12 @@
-"""All Celery wiring: ``install(app)``, the generic tasks, and the signal receivers.
+"""All Celery wiring: ``install(app)``, the generic tasks, the receivers and the request class.
 
-The path of one message through a worker pool process is one linear task body, in
-rq's shape, inside the body's own try/except (so no receiver can swallow an error):
+Nothing of the lifecycle lives here; each piece hands over to the module that owns it:
 
-``procstatus.run``   resolve the message → claim (PENDING → RUNNING) → call the method →
-                     finish (SUCCESS / WAITING_FOR_RESULT) | fail (FAILURE, the true
-                     exception type) | retry (back to PENDING, Celery retries).
-                     A claim that fails on a transient MongoDB error is retried (start
-                     attempts are counted apart from the process's own retries); one
-                     that fails otherwise, or runs out of attempts, ends the run.
-``procstatus.join``  a parent's join: :func:`procstatus.join.perform_join`.
+``procstatus.run``   :func:`procstatus.runner.perform` (claim → call → finish | fail |
+                     retry); a :class:`~procstatus.runner.RetryLater` becomes Celery's
+                     ``task.retry`` with the attempt counts in the message headers.
+``procstatus.join``  :func:`procstatus.runner.perform_join`.
+``procstatus.sweep`` :func:`procstatus.sweeper.sweep`.
 
 Receivers remain only where Celery gives no other hook:
 
@@ -29,43 +26,37 @@ made itself is reopened after fork.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
-import time
-from collections.abc import Callable
 from typing import Any
 
 import mongoengine
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery, Task, signals
 from celery.exceptions import Reject, Retry
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
-from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 
 from procstatus import (
-    callqueue,
     connection,
-    dispatch,
-    document,
     endings,
-    join,
     liveness,
     messages,
     runner,
+    runtime,
     sweeper,
     transitions,
 )
-from procstatus.dispatch import ProcessSpec
 from procstatus.endings import RunRef
-from procstatus.errors import NotRunning, ProcessFailure
+from procstatus.errors import ProcessFailure
+from procstatus.failures import describe, describe_failure
 from procstatus.liveness import Heartbeat, WorkerIdentity
 from procstatus.messages import MessageRejected, ProcessCall
-from procstatus.status import ProcessStatus
+from procstatus.spec import process_spec
+from procstatus.status import PENDING_OR_RUNNING, ProcessStatus
 from procstatus.text import redact
 from procstatus.transitions import WorkerRef
 
@@ -74,13 +65,8 @@ logger = logging.getLogger("procstatus")
 TASK_NAME = "procstatus.run"
 JOIN_TASK_NAME = "procstatus.join"
 SWEEP_TASK_NAME = "procstatus.sweep"
-START_RETRY_LIMIT = 10
-"""Attempts to claim a run while MongoDB is unreachable, before the run is failed."""
-
 _START_ATTEMPTS = "procstatus_start_attempts"
 _BODY_RETRIES = "procstatus_body_retries"
-_TRANSIENT = (ConnectionFailure, AutoReconnect, NetworkTimeout, runner.ClaimUndecided)
-_PENDING = frozenset({ProcessStatus.PENDING})
 _RUNNING = frozenset({ProcessStatus.RUNNING})
 
 
@@ -121,7 +107,7 @@ class ProcessHooks:
         if self.mongodb_uri is not None:
             self.connect_mongodb()
         self.heartbeat = Heartbeat(
-            liveness.settings.collection, _active_task_ids, liveness.settings.interval
+            liveness.workers_collection, _active_task_ids, runtime.current.heartbeat_interval
         )
         # Before the pool starts: no run is ever recorded for an instance without a beat.
         try:
@@ -229,7 +215,7 @@ def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> 
     lost = isinstance(exception, WorkerLostError)
     endings.end_run(
         RunRef(call.cls, call.pk, task_id, call.spec.name), error,
-        statuses=endings_statuses(),
+        statuses=PENDING_OR_RUNNING,  # a pool process may die before its claim
         send_again=call if lost and call.spec.retry_on_worker_lost else None,
     )
 
@@ -238,35 +224,12 @@ def _end_lost_join(call: messages.JoinCall, task_id: str, exception: BaseExcepti
     state = transitions.read_state(call.cls._get_collection(), call.pk)
     if state is None or state.get("celery_task_id") != task_id:
         return  # the join never began, so the parent still waits: nothing to end
-    spec = dispatch.process_spec(call.cls, state.get("current_process") or "")
+    spec = process_spec(call.cls, state.get("current_process") or "")
     error = describe_failure(exception, spec)[-1]
     endings.end_run(
         RunRef(call.cls, call.pk, task_id, state.get("current_process")),
         f"join failed: {error}", statuses=_RUNNING,
     )
-
-
-def endings_statuses() -> frozenset[ProcessStatus]:
-    # A pool process may die before its claim (PENDING) or during the run (RUNNING).
-    return frozenset({ProcessStatus.PENDING, ProcessStatus.RUNNING})
-
-
-def describe_failure(exc: BaseException, spec: ProcessSpec | None) -> list[str]:
-    """The error messages recorded for ``exc``, naming limits and lost workers."""
-    if isinstance(exc, SoftTimeLimitExceeded):
-        limit = _seconds(spec.soft_time_limit if spec else None)
-        return [f"SoftTimeLimitExceeded: soft time limit{limit} exceeded"]
-    if isinstance(exc, TimeLimitExceeded):
-        limit = _seconds(exc.args[0] if exc.args else (spec.time_limit if spec else None))
-        return [f"TimeLimitExceeded: hard time limit{limit} exceeded; the process was killed"]
-    if isinstance(exc, WorkerLostError):
-        return [f"WorkerLostError: worker lost: {exc}"]
-    return runner.failure_messages(exc)
-
-
-def _seconds(limit: Any) -> str:
-    # The limit may come from the app's settings rather than @process: then it is unknown.
-    return f" ({limit:g}s)" if isinstance(limit, (int, float)) else ""
 
 
 def _reopen_after_fork(alias: str) -> None:
@@ -291,58 +254,32 @@ def _header(request: Any, name: str) -> int:
 
 
 def _run_task(self: Task, *message: Any) -> None:
-    """``procstatus.run``: claim → call → finish | fail | retry, in one try."""
+    """``procstatus.run``: :func:`procstatus.runner.perform`, and Celery's retry."""
     request = self.request
     try:
         call = messages.resolve(message, {})
     except MessageRejected as exc:
         logger.error("rejected task %s: %s; nothing runs", request.id, exc)
         return
-    ref = RunRef(call.cls, call.pk, request.id, call.spec.name)
+    attempts = runner.Attempts(_header(request, _START_ATTEMPTS), _header(request, _BODY_RETRIES))
+    outcome = runner.perform(call, request.id, worker_ref(request.hostname, self), attempts)
+    if isinstance(outcome, runner.RetryLater):
+        _send_retry(self, outcome)
+    elif outcome.error is not None:
+        raise outcome.error  # Celery records the failure (the document already has it)
+
+
+def _send_retry(task: Task, retry: runner.RetryLater) -> None:
+    """Celery's retry, with the attempt counts in the headers; Retry is its "sent"."""
+    headers = {_START_ATTEMPTS: retry.attempts.starts, _BODY_RETRIES: retry.attempts.retries}
     try:
-        run = runner.claim(call, request.id, worker_ref(request.hostname, self))
-    except _TRANSIENT as exc:
-        _retry_start(self, ref, exc)
-        return
-    except Exception as exc:
-        logger.exception("cannot start %s (task %s)", call.describe(), request.id)
-        _end_before_start(ref, f"could not start: {_text(exc)}")
-        return
-    if run is None:
-        return
-    began = time.monotonic()
-    try:
-        outcome = runner.execute(run)
-    except Exception as exc:
-        errors = describe_failure(exc, call.spec)
-        if _should_retry(request, call.spec, exc):
-            try:
-                _retry_body(self, run, exc)
-                return
-            except Retry:
-                raise  # Celery's signal that the retry was sent
-            except Exception as retry_exc:  # the retry could not be recorded: fail the run
-                logger.exception("%s: could not schedule the retry", run.describe())
-                errors.append(f"the retry could not be recorded: {_text(retry_exc)}")
-        if isinstance(exc, NotRunning) and not runner.owns(run):
-            # Cancelled or swept meanwhile: that ending is the run's; run no hook, write nothing.
-            logger.info("%s stopped: its run was ended from outside", run.describe())
-            return
-        written = _end_in_process(run, functools.partial(runner.fail, run.proc, exc, errors=errors))
-        _after_end(run, written)
-        _log_end(run, written, began)
+        raise task.retry(exc=retry.error, countdown=retry.countdown, headers=headers)
+    except Retry:
         raise
-    written = _end_in_process(run, functools.partial(runner.finish, run.proc, outcome))
-    _after_end(run, written)
-    _log_end(run, written, began)
-
-
-def _log_end(run: runner.Run, written: ProcessStatus | None, began: float) -> None:
-    """The worker's one line per run: class, id, process, final status, duration."""
-    logger.info(
-        "%s ended %s in %.2f s (task %s)", run.describe(), written or "elsewhere",
-        time.monotonic() - began, run.task_id,
-    )
+    except Reject as rejected:  # Celery could not publish the retry: no message is left
+        runner.retry_not_sent(retry, str(rejected.reason))
+    except Exception as exc:
+        runner.retry_not_sent(retry, describe(exc))
 
 
 def _join_task(self: Task, *message: Any) -> None:
@@ -353,84 +290,7 @@ def _join_task(self: Task, *message: Any) -> None:
     except MessageRejected as exc:
         logger.error("rejected join task %s: %s; nothing runs", request.id, exc)
         return
-    join.perform_join(call, request.id, worker_ref(request.hostname))
-
-
-def _after_end(run: runner.Run, written: ProcessStatus | None) -> None:
-    """After a run wrote its own end: its parent's join, then its next queued call."""
-    join.after_run(run.proc, written)
-    callqueue.after_end(run.call.cls, run.proc.pk, written)
-
-
-def _end_in_process(
-    run: runner.Run, write: Callable[[], ProcessStatus | None]
-) -> ProcessStatus | None:
-    """Write the run's end; if that write itself fails, end the run from outside instead."""
-    try:
-        return write()
-    except Exception as exc:
-        logger.exception("%s: could not record the end of the run", run.describe())
-        endings.end_run(
-            RunRef(run.call.cls, run.proc.pk, run.task_id, run.call.spec.name),
-            f"could not record the end of the run: {_text(exc)}", statuses=_RUNNING,
-        )
-        return None
-
-
-def _should_retry(request: Any, spec: ProcessSpec, exc: Exception) -> bool:
-    return bool(spec.autoretry_for) and isinstance(exc, spec.autoretry_for) and (
-        _header(request, _BODY_RETRIES) < spec.max_retries
-    )
-
-
-def _retry_body(task: Task, run: runner.Run, exc: Exception) -> None:
-    """The process raised a retryable error: back to PENDING, and Celery sends it again."""
-    request = task.request
-    done = _header(request, _BODY_RETRIES)
-    countdown = run.call.spec.retry_countdown(done)
-    if not runner.retry_later(run, exc, done + 1, countdown):
-        return  # ended from outside meanwhile (cancelled): nothing to retry
-    headers = {_START_ATTEMPTS: _header(request, _START_ATTEMPTS), _BODY_RETRIES: done + 1}
-    _send_retry(task, RunRef(run.call.cls, run.proc.pk, run.task_id, run.call.spec.name),
-                exc, countdown, headers)
-
-
-def _retry_start(task: Task, ref: RunRef, exc: Exception) -> None:
-    """The claim met a transient error: try again later, or end the run after the limit."""
-    request = task.request
-    attempts = _header(request, _START_ATTEMPTS) + 1
-    if attempts >= START_RETRY_LIMIT:
-        logger.error("%s: could not start after %d attempts: %s", ref.describe(), attempts, exc)
-        _end_before_start(ref, f"could not start after {attempts} attempts: {_text(exc)}")
-        return
-    countdown = float(getattr(exc, "countdown", min(2 ** attempts, 30)))
-    logger.warning("cannot start %s yet (attempt %d): %s", ref.describe(), attempts, exc)
-    headers = {_START_ATTEMPTS: attempts, _BODY_RETRIES: _header(request, _BODY_RETRIES)}
-    _send_retry(task, ref, exc, countdown, headers)
-
-
-def _send_retry(
-    task: Task, ref: RunRef, exc: Exception, countdown: float, headers: dict[str, int]
-) -> None:
-    try:
-        raise task.retry(exc=exc, countdown=countdown, headers=headers)
-    except Reject as rejected:  # Celery could not publish the retry: no message is left
-        _end_before_start(ref, f"{_text(exc)}; the retry could not be sent: {rejected.reason}")
-
-
-def _end_before_start(ref: RunRef, error: str) -> None:
-    """End a PENDING run whose message is being dropped; if even that fails, say so loudly."""
-    try:
-        endings.end_run(ref, error, statuses=_PENDING)
-    except Exception as exc:
-        logger.error(
-            "%s stays PENDING with no message behind it (%s), and recording that failed: "
-            "%s. The sweeper's pending_timeout ends it.", ref.describe(), error, _text(exc),
-        )
-
-
-def _text(exc: BaseException) -> str:
-    return runner.failure_messages(exc)[-1]
+    runner.perform_join(call, request.id, worker_ref(request.hostname))
 
 
 def _sweep_task(self: Task, **options: Any) -> dict[str, Any]:
@@ -454,9 +314,9 @@ def install(
     mongodb_uri: str | None = None,
     mongodb_db: str | None = None,
     mongodb_alias: str = DEFAULT_CONNECTION_NAME,
-    heartbeat_interval: float = liveness.DEFAULT_INTERVAL,
+    heartbeat_interval: float = runtime.DEFAULT_HEARTBEAT_INTERVAL,
     heartbeat_threshold: float | None = None,
-    progress_interval: float = 0.5,
+    progress_interval: float = runtime.DEFAULT_PROGRESS_INTERVAL,
 ) -> Task:
     """Register the generic tasks on ``celery_app`` and connect the signal hooks.
 
@@ -476,10 +336,6 @@ def install(
     _hooks.mongodb_alias = mongodb_alias
     if mongodb_uri is not None:
         connection.configure(mongodb_alias, mongodb_uri, mongodb_db)
-    liveness.settings.interval = heartbeat_interval
-    liveness.settings.threshold = heartbeat_threshold or 3 * heartbeat_interval
-    liveness.settings.alias = mongodb_alias
-    document.PROGRESS_INTERVAL = progress_interval
     # A marker on the app, not app.tasks: reading app.tasks would finalize the app early.
     task: Task | None = getattr(celery_app, "_procstatus_task", None)
     if task is None:
@@ -501,5 +357,12 @@ def install(
         getattr(signals, signal_name).connect(
             getattr(_hooks, method_name), weak=False, dispatch_uid=f"procstatus.{method_name}"
         )
-    dispatch.set_publisher(task, celery_app._procstatus_join_task)  # type: ignore[attr-defined]
+    runtime.current = runtime.Runtime(
+        run_task=task,
+        join_task=celery_app._procstatus_join_task,  # type: ignore[attr-defined]
+        alias=mongodb_alias,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_threshold=heartbeat_threshold or 3 * heartbeat_interval,
+        progress_interval=progress_interval,
+    )
     return task

@@ -1,14 +1,14 @@
-"""Parents and children: a parent in WAITING_FOR_RESULT is joined exactly once, by a join task.
+"""Parents and children: when a waiting parent's join task is sent.
 
-A process that returns WAITING_FOR_RESULT waits for its children. Every ending of a
-child — in its own process or from outside (:mod:`procstatus.endings`) — calls
-:func:`notify_parent_of`; the parent itself calls :func:`join_if_ready` right after it
-wrote WAITING_FOR_RESULT, in case its children were faster. Either sends a join task
+A process that returns WAITING_FOR_RESULT waits for its children. After every ending
+of a child — in its own process or from outside — :func:`procstatus.endings.after_end`
+calls :func:`notify_parent_of`; after the parent itself wrote WAITING_FOR_RESULT it
+calls :func:`join_if_ready`, in case its children were faster. Either sends a join task
 (``procstatus.join``) when the parent waits and no child is still processing. The
-join task runs :func:`perform_join` on a worker, under the parent process's queue and
-time limits: the conditional WAITING_FOR_RESULT → RUNNING write lets exactly one join
-task per wait run ``join()``, whoever sent it and however many were sent. Nothing here
-runs ``join()`` in a signal receiver, the worker's main process or a sweeper's caller.
+join task runs :func:`procstatus.runner.perform_join` on a worker, under the parent
+process's queue and time limits: the conditional WAITING_FOR_RESULT → RUNNING write lets
+exactly one join task per wait run ``join()``, whoever sent it and however many were
+sent. Nothing here runs ``join()``.
 
 The sweeper sends the join of any waiting parent with no processing child, so a
 notification lost to a crash is made up for on its next pass.
@@ -23,15 +23,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from procstatus import callqueue, dispatch, runner, transitions
-from procstatus.dispatch import process_spec
-from procstatus.errors import ProcessFailure
+from procstatus import messages, transitions
+from procstatus.spec import process_spec
 from procstatus.status import PROCESSING, ProcessStatus
-from procstatus.transitions import WorkerRef
 
 if TYPE_CHECKING:
-    from procstatus.document import Proc
-    from procstatus.messages import JoinCall
+    from procstatus.document import ProcDocument
 
 logger = logging.getLogger("procstatus")
 
@@ -45,7 +42,7 @@ _children_index_checked: set[type] = set()
 """Parent classes whose children() were checked for a serving index in this process."""
 
 
-def any_child_processing(parent: Proc) -> bool:
+def any_child_processing(parent: ProcDocument) -> bool:
     """Whether any of ``parent.children()`` is PENDING, RUNNING or WAITING_FOR_RESULT."""
     children = parent.children()
     warn_if_unindexed(type(parent), children)
@@ -54,7 +51,7 @@ def any_child_processing(parent: Proc) -> bool:
     return busy is not None
 
 
-def warn_if_unindexed(parent_cls: type[Proc], children: Any) -> None:
+def warn_if_unindexed(parent_cls: type[ProcDocument], children: Any) -> None:
     """Once per parent class: warn when no index serves :func:`any_child_processing`.
 
     That question is asked at every child's end. An index that begins with the fields of
@@ -85,7 +82,7 @@ def warn_if_unindexed(parent_cls: type[Proc], children: Any) -> None:
     )
 
 
-def join_if_ready(parent: Proc, *, dry_run: bool = False) -> bool:
+def join_if_ready(parent: ProcDocument, *, dry_run: bool = False) -> bool:
     """Send ``parent``'s join task if it waits and no child is processing; ``True`` if sent.
 
     ``children()`` raising sends the join task too: the join task fails the parent with
@@ -103,23 +100,29 @@ def join_if_ready(parent: Proc, *, dry_run: bool = False) -> bool:
     if dry_run:
         return True
     spec = process_spec(type(parent), state.get("current_process") or "")
-    task_id = dispatch.publish_join(type(parent), parent.pk, spec)
+    task_id = messages.publish_join(type(parent), parent.pk, spec)
     logger.info("%s(%s): join sent as task %s", type(parent).__name__, parent.pk, task_id)
     return True
 
 
-def notify_parent_of(cls: type[Proc], pk: Any, process: str | None) -> None:
-    """A run of ``cls(pk)`` ended: if it is a child process, its parent may join now."""
+def notify_parent_of(
+    cls: type[ProcDocument], pk: Any, process: str | None, child: ProcDocument | None = None
+) -> None:
+    """A run of ``cls(pk)`` ended: if it is a child process, its parent may join now.
+
+    ``child`` is the document when the caller has it (the run's own copy); else it is read.
+    """
     spec = process_spec(cls, process or "")
     if spec is None or not spec.is_child:
         return
-    child = cls.objects(pk=pk).first()
+    if child is None:
+        child = cls.objects(pk=pk).first()
     if child is None:
         return  # deleted: its parent learns of it from its other children or the sweeper
     notify_parent(child)
 
 
-def notify_parent(child: Proc) -> None:
+def notify_parent(child: ProcDocument) -> None:
     """Send the join of ``child.parent()`` if it is ready; errors are logged, not raised."""
     try:
         parent = child.parent()
@@ -127,66 +130,3 @@ def notify_parent(child: Proc) -> None:
             join_if_ready(parent)
     except Exception:
         logger.exception("could not notify the parent of %s(%s)", type(child).__name__, child.pk)
-
-
-def after_run(proc: Proc, written: ProcessStatus | None) -> None:
-    """After a run wrote its own end: join a parent that now waits, or tell this child's."""
-    if written is ProcessStatus.WAITING_FOR_RESULT:
-        try:
-            join_if_ready(proc)
-        except Exception:
-            logger.exception("could not send the join of %s(%s)", type(proc).__name__, proc.pk)
-        return
-    spec = process_spec(type(proc), proc.current_process or "")
-    if spec is not None and spec.is_child:
-        # Also when the write lost (a deleted child): the parent may wait on nothing else.
-        notify_parent(proc)
-
-
-def perform_join(call: JoinCall, task_id: str, worker: WorkerRef) -> ProcessStatus | None:
-    """The join task: claim the wait, run ``join()``, write the end; ``None`` if not ours."""
-    parent = call.cls.objects(pk=call.pk).first()
-    if parent is None or parent.process_status is not ProcessStatus.WAITING_FOR_RESULT:
-        logger.info("join of %s not needed: it is not waiting", call.describe())
-        return None
-    collection = call.cls._get_collection()
-    try:
-        busy = any_child_processing(parent)
-    except Exception as exc:
-        document = transitions.begin_join(collection, call.pk, task_id, worker)
-        if document is None:
-            return None
-        claimed = runner.attach(call.cls._from_son(document), task_id)
-        written = runner.fail(claimed, exc, context="children()")
-        _after_join(claimed, written)
-        return written
-    if busy:
-        return None  # the last child's ending sends the next join
-    document = transitions.begin_join(collection, call.pk, task_id, worker)
-    if document is None:
-        logger.info("join of %s lost: another join task runs it", call.describe())
-        return None
-    parent = runner.attach(call.cls._from_son(document), task_id)
-    logger.info("joining %s (task %s)", call.describe(), task_id)
-    sent_before = dispatch.children_sent()
-    try:
-        outcome = parent.join()
-        if outcome == ProcessStatus.WAITING_FOR_RESULT.value:
-            if dispatch.children_sent() == sent_before and not any_child_processing(parent):
-                raise ProcessFailure(NOTHING_TO_WAIT_FOR)
-            written = runner.finish(parent, ProcessStatus.WAITING_FOR_RESULT)
-        else:
-            written = runner.finish(parent, None)
-    except Exception as exc:
-        written = runner.fail(parent, exc, context=None if _chosen(exc) else "join")
-    _after_join(parent, written)
-    return written
-
-
-def _after_join(parent: Proc, written: ProcessStatus | None) -> None:
-    after_run(parent, written)
-    callqueue.after_end(type(parent), parent.pk, written)
-
-
-def _chosen(exc: BaseException) -> bool:
-    return isinstance(exc, ProcessFailure) and exc.errors == [NOTHING_TO_WAIT_FOR]

@@ -24,44 +24,53 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
-from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
 from mongoengine.connection import get_db
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from procstatus import connection
+from procstatus import connection, runtime
 from procstatus.clock import aware, utcnow
 
 logger = logging.getLogger("procstatus")
 
 WORKERS_COLLECTION = "procstatus_workers"
-DEFAULT_INTERVAL = 10.0
-UNDECIDED = "undecided"
 PRUNE_HEARTBEATS_AFTER = 24 * 3600.0
 """Seconds after its last beat that a stopped worker's heartbeat document is deleted (by
 the sweeper and by ``procstatus workers --prune``)."""
 
 
-@dataclass
-class LivenessSettings:
-    """Set by :func:`procstatus.install`; read by workers, sweepers and redeliveries."""
+class LossKind(Enum):
+    """Why a RUNNING run is lost."""
 
-    interval: float = DEFAULT_INTERVAL
-    """Seconds between two heartbeats of a worker."""
-    threshold: float = 3 * DEFAULT_INTERVAL
-    """A worker whose last heartbeat is older than this is gone."""
-    alias: str = DEFAULT_CONNECTION_NAME
-    """The mongoengine connection whose database holds ``procstatus_workers``."""
-
-    def collection(self) -> Collection:
-        connection.ensure(self.alias)
-        return workers_collection(get_db(self.alias))
+    WORKER_LOST = "worker lost"
+    """Its worker is gone: silent past the threshold and its grace, stopped, or unknown."""
+    ORPHANED = "orphaned"
+    """Its worker is alive but no longer runs it (its pool process died unheard)."""
 
 
-settings = LivenessSettings()
+@dataclass(frozen=True)
+class Loss:
+    """The verdict "this run is lost": its kind, and the text recorded on the document."""
+
+    kind: LossKind
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Undecided:
+    """The verdict of :func:`judge_remote_run` while the run's worker has not beaten since
+    the run began: ask again after a heartbeat interval."""
+
+
+UNDECIDED = Undecided()
+
+
 
 
 class WorkerIdentity:
@@ -103,7 +112,13 @@ class WorkerBeat:
         )
 
 
-def workers_collection(database: Database) -> Collection:
+def workers_collection(database: Database | None = None) -> Collection:
+    """``procstatus_workers`` in ``database``; by default in the database of the
+    connection ``install()`` was given."""
+    if database is None:
+        alias = runtime.current.alias
+        connection.ensure(alias)
+        database = get_db(alias)
     return database[WORKERS_COLLECTION]
 
 
@@ -193,7 +208,7 @@ class Heartbeat:
             self.beat_now()
 
 
-def lost_reason(
+def judge(
     state: Mapping[str, Any],
     beats: Mapping[str, WorkerBeat],
     *,
@@ -201,8 +216,8 @@ def lost_reason(
     now: datetime | None = None,
     check_active: bool = False,
     orphan_after: float | None = None,
-) -> str | None:
-    """Why the RUNNING run described by ``state`` is lost, or ``None`` if it may be alive.
+) -> Loss | None:
+    """Whether the RUNNING run described by ``state`` is lost; ``None`` if it may be alive.
 
     Lost means: its worker instance has no heartbeat, stopped, or has not beaten for
     ``threshold`` seconds. With ``check_active``, also when its worker beat after the run
@@ -218,24 +233,27 @@ def lost_reason(
     if worker is None:
         if now - began < timedelta(seconds=threshold):
             return None  # give a worker that has not beaten yet its threshold
-        return f"worker lost: no heartbeat from {hostname}"
+        return Loss(LossKind.WORKER_LOST, f"worker lost: no heartbeat from {hostname}")
     if now - worker.heartbeat_at > timedelta(seconds=threshold):
         suspected = worker.suspected_at
         if suspected is None or now - suspected < timedelta(seconds=grace(threshold)):
             return None  # maybe MongoDB was down for everyone: wait for its next beat
-        return (
+        return Loss(
+            LossKind.WORKER_LOST,
             f"worker lost: no heartbeat from {hostname} for "
-            f"{(now - worker.heartbeat_at).total_seconds():.0f} s"
+            f"{(now - worker.heartbeat_at).total_seconds():.0f} s",
         )
     if worker.stopped:
-        return f"worker lost: {hostname} stopped while the process ran"
+        return Loss(LossKind.WORKER_LOST, f"worker lost: {hostname} stopped while the process ran")
     task_id = state.get("celery_task_id")
     if task_id in worker.active:
         return None
     if orphan_after is not None and worker.heartbeat_at - began > timedelta(seconds=orphan_after):
-        return f"orphaned: {hostname} is alive but no longer runs task {task_id}"
+        return Loss(
+            LossKind.ORPHANED, f"orphaned: {hostname} is alive but no longer runs task {task_id}"
+        )
     if check_active and worker.heartbeat_at > began:
-        return f"worker lost: {hostname} no longer runs task {task_id}"
+        return Loss(LossKind.WORKER_LOST, f"worker lost: {hostname} no longer runs task {task_id}")
     return None
 
 
@@ -282,17 +300,18 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
-def judge_remote_run(state: Mapping[str, Any]) -> str | None:
-    """For a redelivered task: a reason if its first run is lost, ``None`` if it is alive,
-    or :data:`UNDECIDED` when its worker has not beaten since the run started."""
-    beats = suspect_silent(settings.collection(), threshold=settings.threshold)
-    reason = lost_reason(state, beats, threshold=settings.threshold, check_active=True)
-    if reason is not None:
-        return reason
+def judge_remote_run(state: Mapping[str, Any]) -> Loss | Undecided | None:
+    """For a redelivered task: a :class:`Loss` if its first run is lost, ``None`` if it is
+    alive, or :data:`UNDECIDED` when its worker has not beaten since the run started."""
+    threshold = runtime.current.heartbeat_threshold
+    beats = suspect_silent(workers_collection(), threshold=threshold)
+    loss = judge(state, beats, threshold=threshold, check_active=True)
+    if loss is not None:
+        return loss
     worker = beats.get(state.get("worker_instance") or "")
     started = aware(state.get("start_time"))
     if worker is None or (started is not None and worker.heartbeat_at <= started):
         return UNDECIDED
-    if utcnow() - worker.heartbeat_at > timedelta(seconds=settings.threshold):
+    if utcnow() - worker.heartbeat_at > timedelta(seconds=threshold):
         return UNDECIDED  # silent, but within its grace: ask again later
     return None

@@ -162,9 +162,9 @@ class Session:
         """The URI, where it came from, and the database name."""
         from mongoengine.connection import _connection_settings
 
-        from procstatus import connection, liveness
+        from procstatus import connection, runtime
 
-        self.alias = liveness.settings.alias
+        self.alias = runtime.current.alias
         # Without -A, what this process was told (by install() or mongoengine) is no default.
         configured = connection.configured(self.alias) if self.app_module else None
         defined = _connection_settings.get(self.alias) if self.app_module else None
@@ -296,9 +296,9 @@ class Session:
         return self.connect()[WORKERS_COLLECTION]
 
     def threshold(self) -> float:
-        from procstatus import liveness
+        from procstatus import runtime
 
-        return liveness.settings.threshold
+        return runtime.current.heartbeat_threshold
 
 
 class NotFound(Exception):
@@ -385,10 +385,11 @@ class Children:
 def children_of(source: Source, pk: Any) -> Children | None:
     """The children of document ``pk``, when its class (known through -A) has
     ``children()``; ``None`` for a class without children, or a document gone."""
-    from procstatus.document import Proc
+    from procstatus.document import ProcDocument
 
     cls = source.cls
-    if cls is None or getattr(cls, "children", Proc.children) is Proc.children:
+    base = ProcDocument.children
+    if cls is None or getattr(cls, "children", base) is base:
         return None
     parent = cls.objects(pk=pk).first()  # type: ignore[attr-defined]
     if parent is None:
@@ -518,13 +519,13 @@ class RetryPlan:
 
 def plan_retry(source: Source, pk: Any, process: str | None) -> RetryPlan | str:
     """How to call ``process`` again on document ``pk`` (its stored arguments), or why not."""
-    from procstatus import dispatch
+    from procstatus.spec import process_spec
 
     where = f"{source.name}({pk}).{process}"
     cls = source.cls
     if cls is None:
         return f"{where}: the class is not known: pass -A MODULE"
-    spec = dispatch.process_spec(cls, process or "")
+    spec = process_spec(cls, process or "")
     if spec is None:
         return f"{where}: not a @process method of {source.name}: skipped"
     proc = cls.objects(pk=pk).first()  # type: ignore[attr-defined]
@@ -541,7 +542,7 @@ def process_names(cls: type | None) -> list[str]:
     """The ``@process`` methods of ``cls`` (none when the class is not known)."""
     if cls is None:
         return []
-    from procstatus import dispatch
+    from procstatus.spec import process_spec
 
     return sorted(name for name in dir(cls) if not name.startswith("_")
-                  and dispatch.process_spec(cls, name) is not None)
+                  and process_spec(cls, name) is not None)

@@ -54,6 +54,7 @@ COMPLETED: frozenset[ProcessStatus] = frozenset({ProcessStatus.SUCCESS, ProcessS
 PENDING_OR_RUNNING: frozenset[ProcessStatus] = frozenset(
     {ProcessStatus.PENDING, ProcessStatus.RUNNING}
 )
+"""A run that has a message and no end yet: before its claim, or under way."""
 SCHEDULABLE: frozenset[ProcessStatus] = frozenset({ProcessStatus.READY}) | COMPLETED
 """States from which a process method may be called."""
 
@@ -65,7 +66,7 @@ LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
     _S.PENDING: frozenset(
         {
             _S.RUNNING,  # start: a worker claims the run
-            _S.FAILURE,  # end_from_outside: cancel, never started, could not start or resend
+            _S.FAILURE,  # endings.end_run: cancel, never started, could not start or resend
             # unschedule: the publish failed and the state before the call is restored;
             # or reset --force.
             *SCHEDULABLE,
@@ -74,7 +75,7 @@ LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
     _S.RUNNING: frozenset(
         {
             _S.SUCCESS,  # complete
-            _S.FAILURE,  # complete, or end_from_outside (lost worker, orphaned, cancel)
+            _S.FAILURE,  # complete, or endings.end_run (lost worker, orphaned, cancel)
             # complete: the process waits for its children; abandon_join: a lost join
             # task's message comes back (acks_late), so the parent waits for it again.
             _S.WAITING_FOR_RESULT,
@@ -88,7 +89,7 @@ LEGAL_TRANSITIONS: dict[ProcessStatus, frozenset[ProcessStatus]] = {
     _S.WAITING_FOR_RESULT: frozenset(
         {
             _S.RUNNING,  # begin_join: exactly one join task wins
-            _S.FAILURE,  # end_from_outside: cancel
+            _S.FAILURE,  # endings.end_run: cancel
             _S.READY,  # reset --force
         }
     ),

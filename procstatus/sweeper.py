@@ -21,8 +21,9 @@ waiting):
 - heartbeats silent past the threshold are marked stopped, and pruned after a day.
 
 Every ending goes through :func:`procstatus.endings.end_run`, which also tells the
-parent; every action is logged and counted in :class:`SweepReport`. The sweeper never
-runs ``join()`` itself, so a slow join cannot block the process that sweeps.
+parent, and every queued call through :func:`procstatus.endings.start_next_call`; every
+action is logged and counted in :class:`SweepReport`. The sweeper never runs ``join()``
+itself, so a slow join cannot block the process that sweeps.
 
 Limits: a worker's clock and the sweeper's must agree to within the threshold; a
 PENDING run waits ``pending_timeout`` before it is judged, since a queue may be long.
@@ -39,10 +40,13 @@ from typing import Any
 from mongoengine.base import _document_registry
 from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
 
-from procstatus import callqueue, endings, join, liveness
-from procstatus.document import Proc
-from procstatus.endings import RunRef
+from procstatus import endings, join, liveness, runtime
+from procstatus.callqueue import NextCallOutcome
+from procstatus.document import ProcDocument
+from procstatus.endings import Ending, RunRef
+from procstatus.liveness import Loss, LossKind
 from procstatus.messages import ProcessCall
+from procstatus.spec import has_non_blocking
 from procstatus.status import SCHEDULABLE, ProcessStatus, values
 
 logger = logging.getLogger("procstatus")
@@ -94,11 +98,12 @@ class SweepReport:
         )
 
 
-def proc_classes() -> list[type[Proc]]:
+def proc_classes() -> list[type[ProcDocument]]:
     """Every concrete ``Proc`` subclass this process has imported, one per collection."""
-    seen: dict[str, type[Proc]] = {}
+    seen: dict[str, type[ProcDocument]] = {}
     for cls in list(_document_registry.values()):
-        if isinstance(cls, type) and issubclass(cls, Proc) and not cls._meta.get("abstract"):
+        if (isinstance(cls, type) and issubclass(cls, ProcDocument)
+                and not cls._meta.get("abstract")):
             seen.setdefault(f"{cls._meta.get('db_alias')}/{cls._get_collection_name()}", cls)
     return list(seen.values())
 
@@ -107,7 +112,7 @@ def sweep(
     *,
     threshold: float | None = None,
     pending_timeout: float | None = DEFAULT_PENDING_TIMEOUT,
-    classes: Iterable[type[Proc]] | None = None,
+    classes: Iterable[type[ProcDocument]] | None = None,
     dry_run: bool = False,
 ) -> SweepReport:
     """One pass of the backstop; see the module's docstring for what it finds.
@@ -117,8 +122,8 @@ def sweep(
     would do and writes nothing. ``classes`` defaults to every ``Proc`` subclass imported
     in this process: import your app's models first (``procstatus -A MODULE sweep``).
     """
-    threshold = threshold if threshold is not None else liveness.settings.threshold
-    workers = liveness.settings.collection()
+    threshold = threshold if threshold is not None else runtime.current.heartbeat_threshold
+    workers = liveness.workers_collection()
     now = datetime.now(timezone.utc)
     beats = (
         liveness.read_beats(workers) if dry_run
@@ -140,11 +145,11 @@ def sweep(
             continue
         for state in collection.find({"process_status": ProcessStatus.RUNNING.value}, _RUN_FIELDS):
             report.checked += 1
-            reason = liveness.lost_reason(
+            loss = liveness.judge(
                 state, beats, threshold=threshold, now=now, orphan_after=threshold
             )
-            if reason is not None:
-                _end_lost(cls, state, reason, report, dry_run)
+            if loss is not None:
+                _end_lost(cls, state, loss, report, dry_run)
         settled = now - timedelta(seconds=threshold)  # a fresh wait sends its own join
         for state in collection.find(
             {
@@ -156,7 +161,7 @@ def sweep(
             _join_if_ready(cls, state["_id"], report, dry_run)
         if pending_timeout is not None:
             _fail_never_started(cls, now - timedelta(seconds=pending_timeout), report, dry_run)
-        if callqueue.has_queue(cls):
+        if has_non_blocking(cls):
             _start_stranded_calls(cls, report, dry_run)
     report.workers_gone = liveness.mark_gone(
         workers, threshold=threshold, prune_after=liveness.PRUNE_HEARTBEATS_AFTER, now=now,
@@ -168,15 +173,16 @@ def sweep(
 
 
 def _end_lost(
-    cls: type[Proc], state: dict, reason: str, report: SweepReport, dry_run: bool
+    cls: type[ProcDocument], state: dict, loss: Loss, report: SweepReport, dry_run: bool
 ) -> None:
     label = f"{cls.__name__}({state['_id']})"
     call = ProcessCall.from_state(cls, state)
     resend = call is not None and call.spec.retry_on_worker_lost and not state.get("joining")
     run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
+    reason = loss.text
     if state.get("joining"):
         reason = f"join lost: {reason}"
-    elif not resend and state.get("worker_redelivers") and reason.startswith("worker lost"):
+    elif not resend and state.get("worker_redelivers") and loss.kind is LossKind.WORKER_LOST:
         # The lost worker never acknowledged the message: the broker gives it back (at
         # once on RabbitMQ, after the visibility timeout on Redis). An orphaned run is
         # not among these: its live worker may have acknowledged it already.
@@ -184,20 +190,20 @@ def _end_lost(
             report.awaiting_redelivery.append(label)
         return
     if dry_run:
-        ended: str | None = endings.SENT_AGAIN if resend else endings.FAILED
+        ended: Ending | None = Ending.SENT_AGAIN if resend else Ending.FAILED
     else:
         ended = endings.end_run(
             run, reason, statuses=_RUNNING, send_again=call if resend else None
         )
-    if ended == endings.SENT_AGAIN:
+    if ended is Ending.SENT_AGAIN:
         report.sent_again.append(label)
-    elif ended == endings.FAILED:
+    elif ended is Ending.FAILED:
         report.failed.append(label)
-        if reason.startswith(("orphaned", "join lost: orphaned")):
+        if loss.kind is LossKind.ORPHANED:
             report.orphaned.append(label)
 
 
-def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport, dry_run: bool) -> None:
+def _join_if_ready(cls: type[ProcDocument], pk: Any, report: SweepReport, dry_run: bool) -> None:
     parent = cls.objects(pk=pk).first()
     if parent is None:
         return
@@ -208,7 +214,7 @@ def _join_if_ready(cls: type[Proc], pk: Any, report: SweepReport, dry_run: bool)
         logger.exception("procstatus sweep could not send the join of %s(%s)", cls.__name__, pk)
 
 
-def _start_stranded_calls(cls: type[Proc], report: SweepReport, dry_run: bool) -> None:
+def _start_stranded_calls(cls: type[ProcDocument], report: SweepReport, dry_run: bool) -> None:
     """Idle documents with calls waiting: the run that ended died before starting the next."""
     # Only the sparse call_queue index answers this: documents with a call waiting, few and
     # mostly busy. Asking for the idle status too would make a server plan the status
@@ -218,12 +224,14 @@ def _start_stranded_calls(cls: type[Proc], report: SweepReport, dry_run: bool) -
     for state in with_calls:
         if state.get("process_status") not in idle:
             continue
-        if dry_run or callqueue.dispatch_next(cls, state["_id"]):
+        if dry_run or (
+            endings.start_next_call(cls, state["_id"]).outcome is NextCallOutcome.SENT
+        ):
             report.queued_calls_sent.append(f"{cls.__name__}({state['_id']})")
 
 
 def _fail_never_started(
-    cls: type[Proc], before: datetime, report: SweepReport, dry_run: bool
+    cls: type[ProcDocument], before: datetime, report: SweepReport, dry_run: bool
 ) -> None:
     stale = cls._get_collection().find(
         {"process_status": ProcessStatus.PENDING.value, "status_changed_at": {"$lt": before}},
@@ -232,5 +240,5 @@ def _fail_never_started(
     for state in stale:
         run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
         error = "never started: no worker took the task in time"
-        if dry_run or endings.end_run(run, error, statuses=_PENDING) == endings.FAILED:
+        if dry_run or endings.end_run(run, error, statuses=_PENDING) is Ending.FAILED:
             report.never_started.append(f"{cls.__name__}({state['_id']})")

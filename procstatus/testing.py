@@ -32,23 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from procstatus import runtime
+
 if TYPE_CHECKING:
     from celery import Celery
 
 
 def installed_app() -> Celery:
     """The Celery app that :func:`procstatus.install` was called with in this process."""
-    from procstatus import dispatch
-    from procstatus.errors import NotInstalled
-
-    publisher = dispatch._publisher
-    if publisher is None:
-        raise NotInstalled(
-            "procstatus.testing needs procstatus.install(celery_app) first: import the "
-            "module that defines your Celery app in the test (or its conftest.py)"
-        )
-    app: Celery = publisher.app
-    return app
+    return runtime.current.app(
+        "procstatus.testing (import the module that defines your Celery app in the test, "
+        "or in its conftest.py)"
+    )
 
 
 @contextmanager

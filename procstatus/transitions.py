@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
+from procstatus.clock import utcnow
 from procstatus.status import (
     COMPLETED,
     LEGAL_TRANSITIONS,
@@ -82,10 +82,6 @@ def performs(*edges: Edge) -> Callable[[F], F]:
     return register
 
 
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @performs((_S.READY, _S.PENDING), (_S.SUCCESS, _S.PENDING), (_S.FAILURE, _S.PENDING))
 def schedule(
     collection: Collection,
@@ -121,7 +117,7 @@ def _pending_fields(
         "last_status_message": f"Process {process} pending",
         "start_time": None,
         "complete_time": None,
-        "status_changed_at": now(),
+        "status_changed_at": utcnow(),
         "worker_hostname": None,
         "worker_instance": None,
         "worker_pid": None,
@@ -201,7 +197,7 @@ def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> d
     ``None`` means the claim was lost: the document is gone, was cancelled, already ran
     (a duplicate delivery) or belongs to a newer task.
     """
-    moment = now()
+    moment = utcnow()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
         {
@@ -230,7 +226,7 @@ def reclaim(
     Conditional on the lost run's task id, worker instance and pid, so of several
     redeliveries exactly one takes over. Returns the document after the write.
     """
-    moment = now()
+    moment = utcnow()
     return collection.find_one_and_update(
         {
             "_id": pk,
@@ -273,7 +269,7 @@ def back_to_pending(
             "$set": {
                 "process_status": ProcessStatus.PENDING.value,
                 "last_status_message": message,
-                "status_changed_at": now(),
+                "status_changed_at": utcnow(),
                 "celery_task_id": new_task_id or task_id,
             },
             "$push": {"warnings": warning},
@@ -304,7 +300,7 @@ def complete(
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
-    moment = now()
+    moment = utcnow()
     fields: dict[str, Any] = {
         "process_status": status.value,
         "last_status_message": message,
@@ -346,7 +342,7 @@ def fail_run(
     """
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
-    moment = now()
+    moment = utcnow()
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
         "last_status_message": f"Process {process} failed: {error}",
@@ -376,7 +372,7 @@ def begin_join(
     ``celery_task_id`` and the worker fields then name the join task, so the liveness
     checks see who runs the join, and a second join task for the same wait loses.
     """
-    moment = now()
+    moment = utcnow()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": ProcessStatus.WAITING_FOR_RESULT.value},
         {
@@ -407,7 +403,7 @@ def abandon_join(collection: Collection, pk: Any, task_id: str, *, warning: str)
             "$set": {
                 "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
                 "last_status_message": "Waiting for the join task to be delivered again",
-                "status_changed_at": now(),
+                "status_changed_at": utcnow(),
                 "joining": False,
             },
             "$push": {"warnings": warning},
@@ -468,7 +464,7 @@ def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | Non
     already READY, or (without ``force``) processing.
     """
     allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
-    moment = now()
+    moment = utcnow()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": {"$in": [*allowed, None]}},
         {

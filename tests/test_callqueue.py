@@ -11,8 +11,9 @@ import pytest
 
 import procstatus
 from devtools.services import wait_for
-from procstatus import ProcessAlreadyRunning, ProcessStatus, callqueue, dispatch
+from procstatus import ProcessAlreadyRunning, ProcessStatus, callqueue, dispatch, messages, runtime
 from procstatus.errors import CallQueueFull
+from procstatus.spec import process_spec
 from tests.support.models import QueueJob, gate_key, runs_key
 from tests.support.thread_callers import run_callers
 
@@ -105,14 +106,14 @@ def test_priority_travels_with_the_message(monkeypatch):
         "app": type("A", (), {"conf": type("C", (), {"task_always_eager": False})})(),
         "apply_async": lambda self, **options: sent.append(options),
     })()
-    monkeypatch.setattr(dispatch, "_publisher", publisher)
+    monkeypatch.setattr(runtime.current, "run_task", publisher)
 
     @dispatch.process(priority=7)
     def urgent(self) -> None: ...
 
-    spec = dispatch.process_spec(type("Holder", (), {"urgent": urgent}), "urgent")
+    spec = process_spec(type("Holder", (), {"urgent": urgent}), "urgent")
     assert spec is not None
-    dispatch.publish(QueueJob, "id", spec, [], {}, "task-1")
+    messages.publish(QueueJob, "id", spec, [], {}, "task-1")
     assert sent[0]["priority"] == 7
     with pytest.raises(ValueError, match="priority must be an int from 0 to 255"):
         dispatch.process(priority=300)

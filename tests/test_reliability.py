@@ -118,7 +118,7 @@ def test_an_acks_late_redelivery_behind_a_backlog_waits_pending_and_is_not_swept
     os.kill(first_pid, signal.SIGKILL)
     running_pid(blocker)  # the replacement pool process holds it
     first = FaultJob._get_collection().find_one({"_id": job.pk})
-    workers = procstatus.liveness.settings.collection()
+    workers = procstatus.liveness.workers_collection()
 
     def sweeper_could_judge_it() -> bool:
         procstatus.sweep(threshold=THRESHOLD, classes=[FaultJob])

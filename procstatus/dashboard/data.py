@@ -441,10 +441,11 @@ def timeline(detail: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def parent_of(source: Source, pk: Any) -> tuple[str, Any] | None:
     """(class, id) of the parent a child reports to, when its class has ``parent()``."""
-    from procstatus.document import Proc
+    from procstatus.document import ProcDocument
 
     cls = source.cls
-    if cls is None or getattr(cls, "parent", Proc.parent) is Proc.parent:
+    base = ProcDocument.parent
+    if cls is None or getattr(cls, "parent", base) is base:
         return None
     child = cls.objects(pk=pk).first()  # type: ignore[attr-defined]
     try:

@@ -110,4 +110,4 @@ if os.environ.get("PROCSTATUS_TEST_BREAK_RETRY_PUBLISH"):
 if os.environ.get("PROCSTATUS_TEST_START_RETRY_LIMIT"):
     import procstatus.hooks
 
-    procstatus.hooks.START_RETRY_LIMIT = int(os.environ["PROCSTATUS_TEST_START_RETRY_LIMIT"])
+    procstatus.runner.START_RETRY_LIMIT = int(os.environ["PROCSTATUS_TEST_START_RETRY_LIMIT"])

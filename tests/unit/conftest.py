@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import procstatus.dispatch
+import procstatus.runtime
 from tests.unit.fakes import FakePublisher
 
 
@@ -17,5 +17,5 @@ def coll(mongo_client, fresh_db_name):
 @pytest.fixture
 def publisher(monkeypatch):
     fake = FakePublisher()
-    monkeypatch.setattr(procstatus.dispatch, "_publisher", fake)
+    monkeypatch.setattr(procstatus.runtime.current, "run_task", fake)
     return fake

@@ -10,9 +10,10 @@ from bson import ObjectId
 
 import procstatus
 import procstatus.dispatch
+import procstatus.runtime
 from procstatus import ProcessStatus, transitions
-from procstatus.dispatch import MAX_ARGUMENT_BYTES, check_arguments, process_spec
 from procstatus.messages import MessageRejected, ProcessCall, resolve
+from procstatus.spec import MAX_ARGUMENT_BYTES, check_arguments, process_spec
 from tests.unit import compat
 from tests.unit.fakes import FakePublisher
 from tests.unit.models import UnitAbstractProc, UnitHooks, UnitJob, UnitPlainDocument
@@ -103,7 +104,7 @@ pytest_db = pytest.mark.usefixtures("test_db")
 
 @pytest_db
 def test_calling_before_install_raises_not_installed_and_writes_nothing(monkeypatch):
-    monkeypatch.setattr(procstatus.dispatch, "_publisher", None)
+    monkeypatch.setattr(procstatus.runtime.current, "run_task", None)
     job = UnitJob.create(name="n")
     before = raw(job)
     with pytest.raises(procstatus.NotInstalled, match=r"UnitJob\.noop\(\).*install"):
@@ -203,7 +204,7 @@ def test_dispatch_with_bad_arguments_writes_nothing(publisher):
 @pytest.mark.parametrize("error", [ConnectionError("broker down"), KeyboardInterrupt()])
 def test_failed_publish_restores_the_previous_state_exactly(monkeypatch, error):
     failing = FakePublisher(error=error)
-    monkeypatch.setattr(procstatus.dispatch, "_publisher", failing)
+    monkeypatch.setattr(procstatus.runtime.current, "run_task", failing)
     job = UnitJob.create(name="n")
     coll = job._get_collection()
     # A previous run ended in FAILURE with errors and warnings.
@@ -222,7 +223,7 @@ def test_failed_publish_restores_the_previous_state_exactly(monkeypatch, error):
 
 @pytest_db
 def test_failed_publish_from_a_fresh_document_leaves_no_new_fields(monkeypatch):
-    monkeypatch.setattr(procstatus.dispatch, "_publisher", FakePublisher(OSError("no broker")))
+    monkeypatch.setattr(procstatus.runtime.current, "run_task", FakePublisher(OSError("no broker")))
     job = UnitJob.create(name="n")
     before = raw(job)
     with pytest.raises(OSError, match="no broker"):
@@ -230,7 +231,7 @@ def test_failed_publish_from_a_fresh_document_leaves_no_new_fields(monkeypatch):
     assert raw(job) == before  # fields absent before are absent again
     # ... and the document can be called again once the broker is back.
     ok = FakePublisher()
-    monkeypatch.setattr(procstatus.dispatch, "_publisher", ok)
+    monkeypatch.setattr(procstatus.runtime.current, "run_task", ok)
     job.noop()
     assert raw(job)["process_status"] == "PENDING" and len(ok.calls) == 1
 

@@ -4,7 +4,7 @@ join and sweep, run against the real MongoDB-protocol server and checked against
 One parent (P), three children that report to it (C0-C2) and one standalone document (S)
 are driven by a hypothesis ``RuleBasedStateMachine`` through the functions of
 :mod:`procstatus.transitions`, :func:`procstatus.endings.end_run`,
-:func:`procstatus.join.perform_join` / ``after_run`` and :func:`procstatus.sweeper.sweep`,
+:func:`procstatus.runner.perform_join` / ``endings.after_end`` and :func:`procstatus.sweeper.sweep`,
 with current, stale, duplicate and never-seen task ids. The publishers are fakes (no broker);
 every write function is wrapped by a spy that checks each single write as it happens.
 
@@ -58,10 +58,19 @@ from hypothesis.stateful import (
 )
 from mongoengine import ObjectIdField, StringField
 
-import procstatus.dispatch as dispatch
-from procstatus import Proc, ProcessStatus, endings, join, liveness, sweeper, transitions
-from procstatus.dispatch import json_pk, process, process_spec
-from procstatus.messages import JoinCall, ProcessCall
+from procstatus import (
+    Proc,
+    ProcessStatus,
+    endings,
+    liveness,
+    runner,
+    runtime,
+    sweeper,
+    transitions,
+)
+from procstatus.dispatch import process
+from procstatus.messages import JoinCall, ProcessCall, json_pk
+from procstatus.spec import process_spec
 from procstatus.status import COMPLETED, LEGAL_TRANSITIONS, PROCESSING, SCHEDULABLE
 from procstatus.transitions import EDGES_BY_WRITE, WorkerRef
 from tests.unit.fakes import FakePublisher
@@ -289,8 +298,8 @@ class StateModel(RuleBasedStateMachine):
         self.children = [self.docs[k] for k in ("C0", "C1", "C2")]
         self.publisher = RevokeRecordingPublisher()
         self.join_publisher = FakePublisher()
-        dispatch._publisher = self.publisher
-        dispatch._join_publisher = self.join_publisher
+        runtime.current.run_task = self.publisher
+        runtime.current.join_task = self.join_publisher
         self.sent_joins = {key: [] for key in KEYS}
         self.workers = [
             WorkerRef(hostname=f"{TAG}-{c}@host", instance=f"{TAG}-{c}", pid=4000 + i)
@@ -316,7 +325,7 @@ class StateModel(RuleBasedStateMachine):
         return f"{kind}-{self.counter}"
 
     def heartbeats(self):
-        return liveness.settings.collection()
+        return liveness.workers_collection()
 
     def any_in(self, statuses):
         return any(d.status in statuses for d in self.docs.values())
@@ -353,7 +362,7 @@ class StateModel(RuleBasedStateMachine):
         return []
 
     def after_run(self, d, written):
-        """The joins ``join.after_run`` sends after ``d``'s run wrote ``written``."""
+        """The joins ``endings.after_end`` sends after ``d``'s run wrote ``written``."""
         if written is S.WAITING_FOR_RESULT:
             return self.join_if_ready(d)
         spec = d.spec()
@@ -465,13 +474,14 @@ class StateModel(RuleBasedStateMachine):
             d.errors.extend(errors)
         if notify:  # what the runner does after writing its end, won or lost
             written = status if won else None
-            join.after_run(d.cls.objects.get(pk=d.pk), written)
+            proc = d.cls.objects.get(pk=d.pk)
+            endings.after_end(d.cls, d.pk, proc.current_process, written, proc=proc)
             self.check_joins(joins_before, self.after_run(d, written))
 
     def do_run_join(self, d, task, worker):
         """A join task delivered: ``perform_join`` claims the wait, joins, writes SUCCESS."""
         joins_before = len(self.join_publisher.calls)
-        written = join.perform_join(JoinCall(d.cls, d.pk), task, worker)
+        written = runner.perform_join(JoinCall(d.cls, d.pk), task, worker)
         if d.status is S.WAITING_FOR_RESULT and not self.children_processing(d):
             assert written is S.SUCCESS, f"join of {d.key} by {task} → {written}"
             STATS[f"perform_join of {d.key[0]} won"] += 1
@@ -841,22 +851,22 @@ class StateModel(RuleBasedStateMachine):
             d.history.append(d.task)
             d.status, d.aged = S.PENDING, False
             d.warnings.append(f"sent again after {error}")
-            expected = endings.SENT_AGAIN
+            expected = endings.Ending.SENT_AGAIN
             if publish_fails:
                 d.status = S.FAILURE
                 d.errors.append(f"{error}; could not send again: RuntimeError: broker down")
-                expected = endings.FAILED
+                expected = endings.Ending.FAILED
         elif d.status in statuses and task == d.task and process_name == d.process:
             assert resends == []
             d.status, d.aged = S.FAILURE, False
             d.errors.append(error)
-            expected = endings.FAILED
+            expected = endings.Ending.FAILED
         else:
             assert resends == []
             expected = None
         assert result == expected, f"end_run({d.key}, {task}) → {result}, expected {expected}"
         STATS[f"end_run {expected}"] += 1
-        if expected == endings.FAILED:
+        if expected == endings.Ending.FAILED:
             joins = self.after_run(d, S.FAILURE)
         self.check_joins(joins_before, joins)
 
@@ -1126,10 +1136,10 @@ def test_state_machine_matches_its_model(monkeypatch, request):
     print(f"model seed: {seed_value} (replay: {replay})")
     for name in _ORIGINAL:
         monkeypatch.setattr(transitions, name, _spy(name))
-    monkeypatch.setattr(dispatch, "_publisher", None)
-    monkeypatch.setattr(dispatch, "_join_publisher", None)
+    monkeypatch.setattr(runtime.current, "run_task", None)
+    monkeypatch.setattr(runtime.current, "join_task", None)
     # The grace after a suspicion (1.5 intervals) must outlast real time and not AGE.
-    monkeypatch.setattr(liveness.settings, "interval", THRESHOLD / 3)
+    monkeypatch.setattr(runtime.current, "heartbeat_interval", THRESHOLD / 3)
     monkeypatch.setattr(liveness.WorkerIdentity, "instance", liveness.WorkerIdentity.instance)
     monkeypatch.setattr(liveness.WorkerIdentity, "hostname", liveness.WorkerIdentity.hostname)
 

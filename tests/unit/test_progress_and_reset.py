@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import procstatus
-from procstatus import ProcessStatus, document, runner, sweeper, transitions
+from procstatus import ProcessStatus, runner, runtime, sweeper, transitions
 from tests.unit.models import UnitJob
 from tests.unit.test_document import make_running
 
@@ -23,7 +23,7 @@ def raw(job):  # type: ignore[no-untyped-def]
 def test_progress_is_written_at_once_then_throttled_and_the_last_value_ends_with_the_run(
     monkeypatch,
 ):
-    monkeypatch.setattr(document, "PROGRESS_INTERVAL", 60.0)
+    monkeypatch.setattr(runtime.current, "progress_interval", 60.0)
     job = UnitJob.create(name="p")
     make_running(job)
     job.set_progress(1, 10)
@@ -35,7 +35,7 @@ def test_progress_is_written_at_once_then_throttled_and_the_last_value_ends_with
 
 
 def test_progress_without_throttling_writes_every_call(monkeypatch):
-    monkeypatch.setattr(document, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(runtime.current, "progress_interval", 0.0)
     job = UnitJob.create(name="p0")
     make_running(job)
     for done in range(3):
@@ -107,7 +107,7 @@ def test_cancel_returns_while_the_broker_does_not_take_the_revoke(publisher, mon
     import threading
     from types import SimpleNamespace
 
-    from procstatus import dispatch
+    from procstatus import messages
 
     released = threading.Event()
     sent: list[str] = []
@@ -119,7 +119,7 @@ def test_cancel_returns_while_the_broker_does_not_take_the_revoke(publisher, mon
     publisher.app = SimpleNamespace(
         conf=publisher.app.conf, control=SimpleNamespace(revoke=revoke_into_a_dead_broker)
     )
-    monkeypatch.setattr(dispatch, "REVOKE_WAIT", 0.2)
+    monkeypatch.setattr(messages, "REVOKE_WAIT", 0.2)
     job = UnitJob.create(name="cancel, broker down")
     task_id = make_running(job)
     assert job.cancel() is True  # returned while the revoke is still blocked

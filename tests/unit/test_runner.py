@@ -8,7 +8,7 @@ import pickle
 import pytest
 from bson import ObjectId
 
-from procstatus import ProcessFailure, ProcessStatus, runner, transitions
+from procstatus import ProcessFailure, ProcessStatus, failures, runner, transitions
 from procstatus.messages import resolve
 from tests.unit import compat
 from tests.unit.models import UnitHooks, UnitJob
@@ -188,10 +188,10 @@ def test_wrong_arity_is_a_failure_not_a_crash():
 
 
 def test_failure_messages():
-    assert runner.failure_messages(ValueError("x")) == ["ValueError: x"]
-    assert runner.failure_messages(RuntimeError()) == ["RuntimeError"]
-    assert runner.failure_messages(KeyError("k")) == ["KeyError: 'k'"]
-    assert runner.failure_messages(ProcessFailure("a", 2)) == ["a", "2"]
+    assert failures.failure_messages(ValueError("x")) == ["ValueError: x"]
+    assert failures.failure_messages(RuntimeError()) == ["RuntimeError"]
+    assert failures.failure_messages(KeyError("k")) == ["KeyError: 'k'"]
+    assert failures.failure_messages(ProcessFailure("a", 2)) == ["a", "2"]
 
 
 def test_fail_with_context_prefixes_every_error():
