@@ -13,6 +13,9 @@ newer status.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
     from mongoengine.queryset import QuerySet as _QuerySet
 
 P = TypeVar("P", bound="ProcDocument")
+
+logger = logging.getLogger("procstatus")
 
 class ProcQuerySet(QuerySet):
     """Queries by status: ``Upload.objects.processing()``, ``.failed()``, ``.with_status(...)``."""
@@ -101,6 +106,10 @@ class ProcDocument(Document):
     """Set on the claimed copy inside its run (see ``procstatus.runner.attach``)."""
     _progress_written_at: float = float("-inf")
     _progress_unwritten: bool = False
+    _progress_lock: threading.Lock | None = None
+    """Made by the first ``set_progress()``; orders the held value's writes with the timer's."""
+    _progress_timer: threading.Timer | None = None
+    """The trailing write of a held progress value, when one is scheduled."""
 
     @classmethod
     def _get_db(cls) -> Any:
@@ -186,7 +195,14 @@ class ProcDocument(Document):
         if step is not None and not isinstance(step, str):
             raise TypeError(f"process step must be str or None, not {type(step).__name__}")
         task_id = self._owned_run("set_process_step")
-        if not transitions.set_step(self._get_collection(), self.pk, task_id, step):
+        with self._progress_guard():
+            held = self._held_progress()
+            won = transitions.set_step(
+                self._get_collection(), self.pk, task_id, step, progress=held
+            )
+            if won and held is not None:
+                self._progress_sent(time.monotonic())
+        if not won:
             self._raise_not_running("set_process_step")
         self._set_state({"current_process_step": step})
 
@@ -199,7 +215,14 @@ class ProcDocument(Document):
         if not texts:
             return
         task_id = self._owned_run("warning")
-        if not transitions.add_warnings(self._get_collection(), self.pk, task_id, texts):
+        with self._progress_guard():
+            held = self._held_progress()
+            won = transitions.add_warnings(
+                self._get_collection(), self.pk, task_id, texts, progress=held
+            )
+            if won and held is not None:
+                self._progress_sent(time.monotonic())
+        if not won:
             self._raise_not_running("warning")
         self._set_state({"warnings": [*(self.warnings or []), *texts]})
 
@@ -207,9 +230,12 @@ class ProcDocument(Document):
         """Record numeric progress: ``done`` of ``total`` (unknown when ``None``).
 
         One single-field-group update, at most one every ``progress_interval`` seconds
-        (0.5 by default, set in ``install()``); a value not written yet is written with
-        the run's end, in the same command. Like :meth:`set_process_step`, only from the
-        running process's own copy.
+        (0.5 by default, set in ``install()``). A value set sooner is held back and still
+        stored within one interval: with the next :meth:`set_process_step` or
+        :meth:`warning`, in that same command; else by one trailing write once the
+        interval has passed (from a timer thread, which logs a failure and never raises
+        into the process); else with the run's end, in the same command. Like
+        :meth:`set_process_step`, only from the running process's own copy.
         """
         if isinstance(done, bool) or not isinstance(done, int) or done < 0:
             raise ValueError(f"progress done must be an int >= 0, not {done!r}")
@@ -217,21 +243,112 @@ class ProcDocument(Document):
                                   or total < 1):
             raise ValueError(f"progress total must be an int >= 1 or None, not {total!r}")
         task_id = self._owned_run("set_progress")
-        self._set_state({"progress_done": done, "progress_total": total})
-        moment = time.monotonic()
-        if moment - self._progress_written_at < runtime.current.progress_interval:
-            self._progress_unwritten = True
-            return
-        if not transitions.set_progress(self._get_collection(), self.pk, task_id, done, total):
+        if self._progress_lock is None:
+            self._progress_lock = threading.Lock()  # before any timer thread can exist
+        with self._progress_lock:
+            self._set_state({"progress_done": done, "progress_total": total})
+            moment = time.monotonic()
+            wait = self._progress_written_at + runtime.current.progress_interval - moment
+            if wait > 0:
+                self._progress_unwritten = True
+                if self._progress_timer is None:
+                    self._schedule_progress_write(task_id, wait)
+                return
+            won = transitions.set_progress(self._get_collection(), self.pk, task_id, done, total)
+            if won:
+                self._progress_sent(moment)
+        if not won:
             self._raise_not_running("set_progress")
-        self._progress_written_at = moment
-        self._progress_unwritten = False
 
     def _unwritten_progress(self) -> dict[str, Any] | None:
-        """The progress this run set but did not write yet (throttled), else ``None``."""
+        """The progress this run set but did not write yet (throttled), else ``None``.
+
+        Called for the run's end, which writes it: a trailing write still scheduled is
+        cancelled.
+        """
+        with self._progress_guard():
+            self._cancel_progress_write()
+            return self._held_progress()
+
+    def _held_progress(self) -> dict[str, Any] | None:
+        """The held progress value (call under :meth:`_progress_guard`)."""
         if not self._progress_unwritten:
             return None
         return {"progress_done": self.progress_done, "progress_total": self.progress_total}
+
+    def _progress_guard(self) -> contextlib.AbstractContextManager[Any]:
+        """The progress lock, or nothing to guard when no progress was ever set."""
+        return self._progress_lock or contextlib.nullcontext()
+
+    def _progress_sent(self, moment: float) -> None:
+        """The held value was written at ``moment``: no trailing write is needed."""
+        self._progress_written_at = moment
+        self._progress_unwritten = False
+        self._cancel_progress_write()
+
+    def _cancel_progress_write(self) -> None:
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
+
+    def _schedule_progress_write(self, task_id: str, wait: float) -> None:
+        """Write the held value in ``wait`` seconds, unless something writes it first."""
+        timer: threading.Timer
+
+        def fire() -> None:
+            self._write_held_progress(task_id, timer)
+
+        timer = threading.Timer(wait, fire)
+        timer.name = f"procstatus-progress-{type(self).__name__}({self.pk})"
+        timer.daemon = True
+        self._progress_timer = timer
+        timer.start()
+
+    def _write_held_progress(self, task_id: str, timer: threading.Timer) -> None:
+        """The trailing write, on the timer's thread: the latest held value, conditional on
+        the run still RUNNING under ``task_id``; it never raises."""
+        lock = self._progress_lock
+        if lock is None:
+            return
+        try:
+            with lock:
+                if self._progress_timer is not timer:
+                    return  # cancelled: the value went with a step, a warning or the end
+                self._progress_timer = None
+                held = self._held_progress()
+                if held is None:
+                    return
+                moment = time.monotonic()
+                if transitions.set_progress(
+                    self._get_collection(), self.pk, task_id,
+                    held["progress_done"], held["progress_total"],
+                ):
+                    self._progress_written_at = moment
+                    self._progress_unwritten = False
+                else:
+                    logger.debug(
+                        "%s(%s): held progress not written, the run %s has ended",
+                        type(self).__name__, self.pk, task_id,
+                    )
+        except Exception as exc:
+            logger.warning(
+                "%s(%s): held progress not written (%s: %s); the next step, warning or the "
+                "run's end writes it", type(self).__name__, self.pk, type(exc).__name__, exc,
+            )
+
+    def cancel(self, terminate: bool = False) -> bool:
+        """End the process under way as FAILURE "cancelled"; ``False`` if none was.
+
+        A PENDING process never runs: its message is revoked and, should a worker get it
+        anyway, the claim fails. A RUNNING process is killed with ``terminate=True``;
+        without, it is marked cancelled at once and stops at its next
+        ``set_process_step()`` or ``warning()``, and nothing it writes to its status
+        afterwards is kept. A cancelled parent is not joined; a cancelled child's parent
+        is told, and joins once its other children have ended.
+        """
+        from procstatus import endings  # revoking needs Celery; reading this module does not
+
+        return endings.cancel(self, terminate=terminate)
 
     # --- hooks a subclass may override -------------------------------------------------
 

@@ -327,7 +327,8 @@ def install(
       ``heartbeat_threshold`` (default 3 × interval): silence after which a worker is
       gone for the sweeper and for redelivered tasks.
     - ``progress_interval``: the fewest seconds between two ``set_progress()`` writes of
-      one run (the last value is always written with the run's end).
+      one run; a value held back is written within one interval (with the next step or
+      warning, else by a trailing write) and always with the run's end.
 
     Calling it again is harmless: hooks are connected once. Returns the generic task.
     """

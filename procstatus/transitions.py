@@ -432,13 +432,32 @@ class WorkerRef:
         }
 
 
-def set_step(collection: Collection, pk: Any, task_id: str | None, step: str | None) -> bool:
-    """Write ``current_process_step`` while this run is RUNNING (one single-field update)."""
+def set_step(
+    collection: Collection,
+    pk: Any,
+    task_id: str | None,
+    step: str | None,
+    *,
+    progress: Mapping[str, Any] | None = None,
+) -> bool:
+    """Write ``current_process_step`` while this run is RUNNING (one update).
+
+    ``progress`` (``progress_done``/``progress_total``) is the run's progress held back by
+    the throttle, written in the same command.
+    """
     result = collection.update_one(
         {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
-        {"$set": {"current_process_step": step}},
+        {"$set": {"current_process_step": step, **_progress_fields(progress)}},
     )
     return result.matched_count == 1
+
+
+def _progress_fields(progress: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Only ``progress_done``/``progress_total`` of ``progress``: nothing else rides along."""
+    if not progress:
+        return {}
+    return {"progress_done": progress["progress_done"],
+            "progress_total": progress["progress_total"]}
 
 
 def set_progress(
@@ -487,12 +506,23 @@ def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | Non
 
 
 def add_warnings(
-    collection: Collection, pk: Any, task_id: str | None, messages: Sequence[str]
+    collection: Collection,
+    pk: Any,
+    task_id: str | None,
+    messages: Sequence[str],
+    *,
+    progress: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Append ``messages`` to ``warnings`` while this run is RUNNING."""
+    """Append ``messages`` to ``warnings`` while this run is RUNNING (one update).
+
+    ``progress`` is written in the same command, as with :func:`set_step`.
+    """
+    update: dict[str, Any] = {"$push": {"warnings": {"$each": list(messages)}}}
+    if progress:
+        update["$set"] = _progress_fields(progress)
     result = collection.update_one(
         {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
-        {"$push": {"warnings": {"$each": list(messages)}}},
+        update,
     )
     return result.matched_count == 1
 

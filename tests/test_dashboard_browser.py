@@ -138,6 +138,8 @@ def test_the_dashboard_in_a_browser_while_a_worker_runs_a_parent_and_children(
         expect(row0).to_contain_text("weighing, step 1 of 3")
 
         open_gate(p0)  # parcel 0 moves to step 2: the list shows it, no reload
+        # Polls until the page shows 2/3. Set within the throttle interval of 1/3, the value
+        # is held back and written by the trailing write while the parcel waits on its gate.
         expect(row0).to_contain_text("67% 2/3", timeout=WAIT_MS)
         open_gate(p2, 2)  # parcel 2 runs to its end and fails
         failed_bar = page.locator('figure[data-class="Parcel"] a[data-status="FAILURE"]')
