@@ -45,8 +45,8 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_ships_the_library_the_datafix_and_the_type_marker(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "procstatus/py.typed" in names
-    assert "datafix/migrate_task_status.py" in names
-    assert "datafix/OPERATOR.md" in names
+    assert "procstatus/datafix/migrate_task_status.py" in names
+    assert "procstatus/datafix/OPERATOR.md" in names
     assert not [n for n in names if n.startswith(("tests/", "devtools/"))]
 
 
@@ -58,7 +58,7 @@ def test_the_installed_datafix_migrates_from_any_directory(
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     help_text = subprocess.run(
-        [str(installed / "python"), "-m", "datafix.migrate_task_status", "--help"],
+        [str(installed / "python"), "-m", "procstatus.datafix.migrate_task_status", "--help"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     assert "Migrate legacy" in help_text and "issue" not in help_text.lower()
