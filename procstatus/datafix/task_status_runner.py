@@ -394,7 +394,7 @@ def _take_samples(
     if not wanted:
         return
     flt = row_filter(row) if ids is None else row_filter_for_ids(row, ids[:wanted])
-    pipeline = [
+    pipeline: list[dict[str, Any]] = [
         {"$match": flt},
         {"$limit": wanted},
         {"$set": {_BEFORE: "$$ROOT"}},
