@@ -12,9 +12,10 @@ whether the MongoDB-protocol server is the bound; at the first size, also what t
 row filters cost alone (three counts).
 
 Starts its own SecantusDB (devtools.services) unless MONGODB_URI is set. It seeds identical
-collections of legacy documents and times :func:`datafix.task_status_runner.migrate_collection`
-in whole-collection mode (the default; with the time of each step) and in batched mode for
-each ``--batch-size``, each with its dry run. The limit is one ``update_many`` over the same
+collections of legacy documents and times
+:func:`procstatus.datafix.task_status_runner.migrate_collection` in whole-collection mode
+(the default; with the time of each step) and in batched mode for each ``--batch-size``,
+each with its dry run. The limit is one ``update_many`` over the same
 data doing the same kind of write (set the new fields, unset the legacy ones) with no
 filter, no classification, no batching and no reporting. It also measures the migration's
 peak Python heap (tracemalloc) at two collection sizes, to show that memory does not grow
@@ -42,14 +43,14 @@ import pymongo  # noqa: E402
 from pymongo.collection import Collection  # noqa: E402
 from pymongo.database import Database  # noqa: E402
 
-from datafix.task_status_mapping import MIGRATION_ROWS, row_filter  # noqa: E402
-from datafix.task_status_runner import (  # noqa: E402
+from devtools import services  # noqa: E402
+from procstatus.datafix.task_status_mapping import MIGRATION_ROWS, row_filter  # noqa: E402
+from procstatus.datafix.task_status_runner import (  # noqa: E402
     DEFAULT_MAX_REPORT_IDS,
     SUGGESTED_BATCH_SIZE,
     CollectionResult,
     migrate_collection,
 )
-from devtools import services  # noqa: E402
 
 # Realistic shares: mostly finished work, some queued, a few in flight and a few broken.
 STATUS_MIX = (
@@ -254,7 +255,7 @@ def single_pass(coll: Collection) -> dict[str, Any]:
     index-backed counts of the new statuses before and after (the workers are stopped).
     The in-flight and invalid listing is the same streamed ``find`` as today's.
     """
-    from datafix.task_status_mapping import (
+    from procstatus.datafix.task_status_mapping import (
         CLASSIFY_PROJECTION,
         FAILURE_ROW,
         READY_ROW,
@@ -304,7 +305,7 @@ def same_documents(a: Collection, b: Collection) -> bool:
 MIGRATE_IN_A_FRESH_PROCESS = """
 import json, sys, time
 import pymongo
-from datafix.task_status_runner import migrate_collection
+from procstatus.datafix.task_status_runner import migrate_collection
 coll = pymongo.MongoClient(sys.argv[1])[sys.argv[2]][sys.argv[3]]
 began = time.perf_counter()
 result = migrate_collection(coll, dry_run=False, fail_in_flight=False)

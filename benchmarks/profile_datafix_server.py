@@ -25,8 +25,8 @@ import pymongo
 from benchmarks.common import log
 from benchmarks.datafix_bench import BARE_PIPELINE, seed
 from benchmarks.profile_hot_path import py_spy_path, report, summarize
-from datafix.task_status_runner import migrate_collection
 from devtools import services
+from procstatus.datafix.task_status_runner import migrate_collection
 
 
 def sampled(py_spy: str, pid: int, out: Path, action) -> float:  # type: ignore[no-untyped-def]

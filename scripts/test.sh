@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if [ "$#" -gt 0 ]; then  # a selection: extra arguments go to pytest, on one broker
   exec .venv/bin/python -m pytest "$@"
 fi
-.venv/bin/python -m ruff check procstatus datafix devtools examples tests benchmarks
+.venv/bin/python -m ruff check procstatus devtools examples tests benchmarks
 .venv/bin/python -m mypy
 .venv/bin/python -m pytest
 # Celery's other main broker: the lifecycle and every fault test that is not about Redis

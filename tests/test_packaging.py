@@ -45,9 +45,38 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_ships_the_library_the_datafix_and_the_type_marker(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "procstatus/py.typed" in names
-    assert "datafix/migrate_task_status.py" in names
-    assert "datafix/OPERATOR.md" in names
+    assert "procstatus/datafix/migrate_task_status.py" in names
+    assert "procstatus/datafix/OPERATOR.md" in names
     assert not [n for n in names if n.startswith(("tests/", "devtools/"))]
+
+
+def test_the_wheel_installs_no_top_level_package_but_procstatus(wheel: Path):
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        (dist_info,) = {n.split("/", 1)[0] for n in names if ".dist-info/" in n}
+        entry_points = whl.read(f"{dist_info}/entry_points.txt").decode()
+    assert {n.split("/", 1)[0] for n in names} - {dist_info} == {"procstatus"}
+    python_files = [n for n in names if n.endswith(".py")]
+    assert python_files and all(n.startswith("procstatus/") for n in python_files)
+    assert "procstatus-datafix = procstatus.datafix.migrate_task_status:cli" in entry_points
+
+
+def test_the_installed_console_script_runs_and_no_datafix_package_is_installed(
+    installed: Path, tmp_path: Path,
+):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(installed / "procstatus-datafix"), "--help"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "procstatus-datafix" in result.stdout
+    probe = subprocess.run(
+        [str(installed / "python"), "-c",
+         "import importlib.util; print(importlib.util.find_spec('datafix'))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert probe.stdout.strip() == "None"
 
 
 def test_the_installed_datafix_migrates_from_any_directory(
@@ -58,7 +87,7 @@ def test_the_installed_datafix_migrates_from_any_directory(
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     help_text = subprocess.run(
-        [str(installed / "python"), "-m", "datafix.migrate_task_status", "--help"],
+        [str(installed / "python"), "-m", "procstatus.datafix.migrate_task_status", "--help"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=True,
     ).stdout
     assert "Migrate legacy" in help_text and "issue" not in help_text.lower()

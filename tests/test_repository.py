@@ -70,7 +70,7 @@ def test_datafix_and_the_document_layer_load_without_celery():
 
     code = (
         "import sys\n"
-        "import datafix.migrate_task_status\n"
+        "import procstatus.datafix.migrate_task_status\n"
         "from procstatus import Proc, ProcessStatus, process\n"
         "assert 'celery' not in sys.modules, 'celery was imported'\n"
         "from procstatus import install\n"

@@ -16,7 +16,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from typer.testing import CliRunner
 
-from datafix.migrate_task_status import app
+from procstatus.datafix.migrate_task_status import app
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from typing import Any
 import pymongo
 from pymongo.database import Database
 
-from datafix.task_status_mapping import legacy_filter
 from devtools import services
+from procstatus.datafix.task_status_mapping import legacy_filter
 from tests.datafix.conftest import CliInvoker, collection_state
 from tests.datafix.cutting_proxy import CuttingProxy
 
@@ -64,7 +64,7 @@ def test_killed_run_then_rerun_equals_one_clean_run(
         [
             sys.executable,
             "-m",
-            "datafix.migrate_task_status",
+            "procstatus.datafix.migrate_task_status",
             "--mongodb-uri",
             mongodb_uri,
             "--db",
@@ -136,7 +136,7 @@ def test_server_lost_mid_run_exits_2_without_traceback(
             [
                 sys.executable,
                 "-m",
-                "datafix.migrate_task_status",
+                "procstatus.datafix.migrate_task_status",
                 "--mongodb-uri",
                 server.url,
                 "--db",
@@ -194,7 +194,7 @@ def test_server_lost_with_a_cursor_open_prints_only_the_message(
                 [
                     sys.executable,
                     "-m",
-                    "datafix.migrate_task_status",
+                    "procstatus.datafix.migrate_task_status",
                     "--mongodb-uri",
                     proxy.url,
                     "--db",

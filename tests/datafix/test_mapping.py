@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
-from datafix.task_status_mapping import (
+from procstatus.datafix.task_status_mapping import (
     ALL_ROWS,
     CLASSIFY_PROJECTION,
     FAILURE_ROW,

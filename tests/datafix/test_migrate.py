@@ -13,10 +13,10 @@ from bson import ObjectId, json_util
 from pymongo.database import Database
 from rich.console import Console
 
-from datafix.migrate_task_status import _ProgressOutput
-from datafix.task_status_mapping import INTERRUPTED_ERROR, READY_MESSAGE
-from datafix.task_status_runner import CollectionResult, migrate_collection
 from devtools import services
+from procstatus.datafix.migrate_task_status import _ProgressOutput
+from procstatus.datafix.task_status_mapping import INTERRUPTED_ERROR, READY_MESSAGE
+from procstatus.datafix.task_status_runner import CollectionResult, migrate_collection
 from tests.datafix.conftest import CliInvoker, collection_hash, collection_state
 
 CREATED_AT = datetime(2021, 3, 4, 5, 6, 7)

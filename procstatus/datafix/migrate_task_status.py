@@ -1,10 +1,11 @@
-"""The ``python -m datafix.migrate_task_status`` command: arguments, connection, output, exit code.
+"""The ``python -m procstatus.datafix.migrate_task_status`` command.
 
-Moves documents from the legacy ``tasks_status``/``task_status`` scheme to the single
-``process_status`` + ``current_process_step`` scheme. The mapping lives in
-:mod:`datafix.task_status_mapping`, the two run modes (whole-collection, the default, and
-batched with ``--batch-size``) in :mod:`datafix.task_status_runner`; operator
-instructions are in ``datafix/OPERATOR.md``.
+Its arguments, connection, output and exit code. Moves documents from the legacy
+``tasks_status``/``task_status`` scheme to the single ``process_status`` +
+``current_process_step`` scheme. The mapping lives in
+:mod:`procstatus.datafix.task_status_mapping`, the two run modes (whole-collection, the
+default, and batched with ``--batch-size``) in :mod:`procstatus.datafix.task_status_runner`;
+operator instructions are in ``procstatus/datafix/OPERATOR.md``.
 
 Exit codes: 0 every legacy document was migrated (or, in a dry run, would be); 1 some were
 skipped (in flight) or invalid, all reported; 2 usage or connection errors.
@@ -38,7 +39,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from datafix.task_status_runner import (
+from procstatus.datafix.task_status_runner import (
     BATCHED,
     DEFAULT_MAX_REPORT_IDS,
     SUGGESTED_BATCH_SIZE,
@@ -343,7 +344,7 @@ def run(
             _print_details(out, r, fail_in_flight=fail_in_flight)
     if report_path is not None:
         report = {
-            "tool": "datafix.migrate_task_status",
+            "tool": "procstatus.datafix.migrate_task_status",
             "database": db_name,
             "dry_run": dry_run,
             "fail_in_flight": fail_in_flight,
@@ -449,4 +450,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    app(prog_name="python -m datafix.migrate_task_status")
+    app(prog_name="python -m procstatus.datafix.migrate_task_status")

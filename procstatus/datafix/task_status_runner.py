@@ -1,10 +1,10 @@
 """Running the task_status migration over one collection: the two run modes, counting, the report.
 
-No terminal output here (the CLI in :mod:`datafix.migrate_task_status` owns that); progress
-goes to a callback. Every write is an ``update_many`` whose filter is one mapping row's
-:func:`~datafix.task_status_mapping.row_filter` and whose update is that row's pipeline, so
-the server decides every write; each document update is atomic and removes the legacy
-status field, so an interrupted run is finished by simply running again.
+No terminal output here (the CLI in :mod:`procstatus.datafix.migrate_task_status` owns
+that); progress goes to a callback. Every write is an ``update_many`` whose filter is one
+mapping row's :func:`~procstatus.datafix.task_status_mapping.row_filter` and whose update is
+that row's pipeline, so the server decides every write; each document update is atomic and
+removes the legacy status field, so an interrupted run is finished by simply running again.
 
 * **Whole-collection mode** (the default, ``batch_size=None``): one ``update_many`` per
   mapping row over the whole collection; the counts come from the updates. Then one
@@ -31,7 +31,7 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-from datafix.task_status_mapping import (
+from procstatus.datafix.task_status_mapping import (
     ALL_ROWS,
     CLASSIFY_PROJECTION,
     IN_FLIGHT_ROW,
@@ -394,7 +394,7 @@ def _take_samples(
     if not wanted:
         return
     flt = row_filter(row) if ids is None else row_filter_for_ids(row, ids[:wanted])
-    pipeline = [
+    pipeline: list[dict[str, Any]] = [
         {"$match": flt},
         {"$limit": wanted},
         {"$set": {_BEFORE: "$$ROOT"}},
