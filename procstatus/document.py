@@ -336,20 +336,6 @@ class ProcDocument(Document):
                 "run's end writes it", type(self).__name__, self.pk, type(exc).__name__, exc,
             )
 
-    def cancel(self, terminate: bool = False) -> bool:
-        """End the process under way as FAILURE "cancelled"; ``False`` if none was.
-
-        A PENDING process never runs: its message is revoked and, should a worker get it
-        anyway, the claim fails. A RUNNING process is killed with ``terminate=True``;
-        without, it is marked cancelled at once and stops at its next
-        ``set_process_step()`` or ``warning()``, and nothing it writes to its status
-        afterwards is kept. A cancelled parent is not joined; a cancelled child's parent
-        is told, and joins once its other children have ended.
-        """
-        from procstatus import endings  # revoking needs Celery; reading this module does not
-
-        return endings.cancel(self, terminate=terminate)
-
     # --- hooks a subclass may override -------------------------------------------------
 
     def on_success(self) -> None:
