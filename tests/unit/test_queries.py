@@ -20,7 +20,9 @@ from pymongo.database import Database
 from procstatus.liveness import WORKERS_COLLECTION
 from procstatus.ops import family, queries, sources, values
 from procstatus.ops import workers as ops_workers
+from procstatus.ops.errors import AmbiguousId, NotFound, OperatorError
 from procstatus.ops.queries import ListQuery
+from procstatus.ops.session import Session
 from procstatus.ops.sources import Source
 from tests.unit.models import UnitJob
 
@@ -162,6 +164,24 @@ def test_a_row_carries_progress_age_and_the_last_error_as_plain_data(jobs):
         "current_process_step": "parsing", "progress_done": 3, "progress_total": 4,
         "errors": [], "warnings": []}
     assert data["status_changed_at"].endswith("Z")
+
+
+def test_locate_has_one_rule_for_an_id(db, jobs):
+    """The CLI and the dashboard locate through Session.locate: within one collection the
+    _id stored as typed wins; documents in several collections are ambiguous."""
+    other = proc_collection(db, "others")
+    other.collection.insert_many([doc("READY", None, _id="p5"), doc("READY", None, _id="8")])
+    jobs.collection.insert_one(doc("READY", None, _id="7"))  # beside the integer 7
+    session = Session(database=db)
+    assert session.locate("7") == (session.sources("jobs")[0], "7")
+    assert session.locate("8")[1] == "8" and session.locate("s1")[1] == "s1"
+    with pytest.raises(AmbiguousId, match="names documents in jobs, others: pass --class"):
+        session.locate("p5")
+    assert session.locate("p5", "others")[0].name == "others"
+    with pytest.raises(NotFound, match="no document with id nope in any class"):
+        session.locate("nope")
+    with pytest.raises(OperatorError, match="no class or collection 'nothing'"):
+        session.locate("p5", "nothing")
 
 
 def test_list_merges_several_sources_under_one_limit(db, jobs):
