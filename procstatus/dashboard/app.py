@@ -2,15 +2,12 @@
 endpoints, and the operator's actions (cancel, retry, reset) when allowed.
 
 ``create_app(session, ...)`` makes a Starlette application over a
-:class:`procstatus.ops.session.Session` (what ``-A``, ``--mongodb-uri`` and ``--db``
-name); ``procstatus dashboard`` serves it with uvicorn. The routes are thin over the
-operator layer the CLI uses too (:mod:`procstatus.ops`): they validate the URL
-(:mod:`procstatus.dashboard.params`), read through :mod:`procstatus.ops` directly or
-through the shapes of :mod:`procstatus.dashboard.data`, act through
-:func:`procstatus.ops.actions.perform`, and render (:mod:`procstatus.dashboard.rendering`).
-This module is where the operator layer's errors become HTTP statuses: a bad parameter
-400, an id that names documents of several classes 400, nothing found 404, any other
-:class:`~procstatus.ops.errors.OperatorError` (the database, the classes) 503.
+:class:`procstatus.ops.session.Session`; ``procstatus dashboard`` serves it. The routes
+are thin over the operator layer the CLI uses too (:mod:`procstatus.ops`): they validate
+the URL (:mod:`.params`), read through :mod:`procstatus.ops` and :mod:`.data`, act
+through :func:`procstatus.ops.actions.perform` and render (:mod:`.rendering`). Here the
+operator layer's errors become HTTP statuses: a bad parameter or an id naming documents
+of several classes 400, nothing found 404, any other ``OperatorError`` 503.
 
 Safety: actions exist only with ``allow_actions``; each is a POST carrying the token
 (header ``X-Procstatus-Token`` or form field ``token``), compared in constant time; a

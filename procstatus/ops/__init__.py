@@ -15,6 +15,8 @@
 - :mod:`~procstatus.ops.actions`: the writes an operator may make on one document
   (cancel, reset, retry) and the policy that refuses them.
 
-Nothing here imports typer, rich or a web framework, and the read-only path imports no
-Celery.
+Nothing here imports typer, rich or a web framework. The worker's modules it needs
+(``document``, ``transitions``, ``dispatch``, ``sweeper``, ``liveness``) are imported at
+module level: none of them imports Celery, so neither does the read-only path
+(``tests/test_cli.py`` checks it); Celery comes in only with the app module (``-A``).
 """

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from procstatus import transitions
-from procstatus.dispatch import process_spec
+from procstatus.dispatch import process_spec  # imports no Celery (see procstatus.ops)
 from procstatus.errors import ProcessAlreadyRunning
 from procstatus.ops import queries
 from procstatus.ops.errors import NotFound, OperatorError, first_line

@@ -31,7 +31,7 @@ from procstatus import connection, liveness
 from procstatus.ops import queries
 from procstatus.ops.errors import AmbiguousId, NotFound, OperatorError, first_line
 from procstatus.ops.sources import Source, discover, select
-from procstatus.sweeper import proc_classes
+from procstatus.sweeper import proc_classes  # imports no Celery (see procstatus.ops)
 from procstatus.text import redact
 
 DEFAULT_URI = "mongodb://127.0.0.1:27017"
