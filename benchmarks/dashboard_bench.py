@@ -214,7 +214,7 @@ def main() -> int:
 
     from devtools import services
     from procstatus.dashboard import create_app
-    from procstatus.operating import Session
+    from procstatus.ops.session import Session
 
     server = None
     uri = args.uri
@@ -227,7 +227,7 @@ def main() -> int:
     try:
         import mongoengine
 
-        from procstatus.queries import Source
+        from procstatus.ops.sources import Source
 
         db = client[DB_NAME]
         mongoengine.connect(db=DB_NAME, host=uri)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from procstatus.cli import _configure_logging, app
+from procstatus.cli import main
 
 if __name__ == "__main__":
-    _configure_logging()
-    app(prog_name="python -m procstatus")
+    main(prog_name="python -m procstatus")

@@ -28,8 +28,12 @@ from typer.testing import CliRunner, Result
 
 from devtools import services
 from devtools.services import REPO_ROOT, wait_for
-from procstatus import ProcessStatus, cli, liveness, queries
+from procstatus import ProcessStatus, cli, liveness
+from procstatus.cli import acting, common
 from procstatus.liveness import WORKERS_COLLECTION, pid_alive
+from procstatus.ops import queries, values
+from procstatus.ops import workers as ops_workers
+from procstatus.text import redact
 
 runner = CliRunner()
 INSTANCE = "a" * 32
@@ -200,7 +204,7 @@ def test_reset_without_the_app_module_is_the_state_machines_override(raw, caplog
 
 
 def test_reset_asks_on_a_terminal(raw, monkeypatch):
-    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr(acting, "interactive", lambda: True)
     jobs = raw["database"]["jobs"]
     declined = invoke(raw, "reset", "pend-1", "--force", input="n\n")
     assert declined.exit_code == 1 and "Reset 1 document(s) to READY?" in declined.stdout
@@ -260,15 +264,15 @@ def test_the_read_only_commands_without_the_app_module_load_no_celery(raw):
 
 
 def test_formatting_and_parsing_helpers():
-    assert [cli.parse_duration(t) for t in ("90", "30s", "10m", "2h", "1d", "1.5m")] == [
+    assert [common.parse_duration(t) for t in ("90", "30s", "10m", "2h", "1d", "1.5m")] == [
         90, 30, 600, 7200, 86400, 90]
-    assert cli.parse_statuses(["processing"]) == queries.PROCESSING_STATUSES
-    assert cli.parse_statuses(["waiting", "READY"]) == ("READY", "WAITING_FOR_RESULT")
-    assert cli.fmt_progress(3, 4) == "████████░░  75% 3/4"
-    assert cli.fmt_progress(5, None) == "5 done" and cli.fmt_progress(None, None) == ""
-    assert [cli.fmt_age(s) for s in (None, 5, 65, 3700, 90000)] == [
+    assert common.parse_statuses(["processing"]) == values.PROCESSING_STATUSES
+    assert common.parse_statuses(["waiting", "READY"]) == ("READY", "WAITING_FOR_RESULT")
+    assert common.fmt_progress(3, 4) == "████████░░  75% 3/4"
+    assert common.fmt_progress(5, None) == "5 done" and common.fmt_progress(None, None) == ""
+    assert [values.fmt_age(s) for s in (None, 5, 65, 3700, 90000)] == [
         "-", "5s", "1m05s", "1h01m", "1d01h"]
-    assert cli.redact("mongodb://u:p@h:1/db") == "mongodb://u:***@h:1/db"
+    assert redact("mongodb://u:p@h:1/db") == "mongodb://u:***@h:1/db"
 
 
 # --- with -A and real workers -----------------------------------------------------------------
@@ -529,7 +533,7 @@ def test_sweep_ends_a_run_whose_worker_was_killed_and_a_message_never_taken(
     instance = fresh(lost).worker_instance
     heartbeats = mongo_client[test_db][WORKERS_COLLECTION]
     wait_for(
-        lambda: {w.instance: w.state for w in queries.workers(heartbeats, threshold=3.0)}
+        lambda: {w.instance: w.state for w in ops_workers.workers(heartbeats, threshold=3.0)}
         .get(instance) == "silent",
         timeout=30, interval=0.2, what="the killed worker's heartbeat to fall silent",
     )

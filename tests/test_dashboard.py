@@ -30,10 +30,11 @@ from typer.testing import CliRunner
 
 from devtools import services
 from devtools.services import REPO_ROOT, wait_for
-from procstatus import cli, queries
+from procstatus import cli
 from procstatus.dashboard import create_app, data
 from procstatus.liveness import WORKERS_COLLECTION
-from procstatus.operating import Session
+from procstatus.ops import queries
+from procstatus.ops.session import Session
 from tests.unit.test_queries import INDEX_STAGES, Recorder, explain
 
 runner = CliRunner()
@@ -548,7 +549,8 @@ def test_the_dashboard_command_says_what_is_missing_in_one_line(raw):
 
 def test_the_cli_loads_no_web_library_until_the_dashboard_runs():
     code = ("import sys\n"
-            "from procstatus import cli, queries, operating\n"
+            "from procstatus import cli\n"
+            "from procstatus.ops import actions, family, queries, session, workers\n"
             "loaded = {'starlette', 'uvicorn', 'jinja2'} & set(sys.modules)\n"
             "assert not loaded, loaded\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,

@@ -2,9 +2,12 @@
 endpoints, and the operator's actions (cancel, retry, reset) when allowed.
 
 ``create_app(session, ...)`` makes a Starlette application over a
-:class:`procstatus.operating.Session` (what ``-A``, ``--mongodb-uri`` and ``--db`` name);
-``procstatus dashboard`` serves it with uvicorn. Every read goes through
-:mod:`procstatus.dashboard.data`, built on the CLI's own queries.
+:class:`procstatus.ops.session.Session`; ``procstatus dashboard`` serves it. The routes
+are thin over the operator layer the CLI uses too (:mod:`procstatus.ops`): they validate
+the URL (:mod:`.params`), read through :mod:`procstatus.ops` and :mod:`.data`, act
+through :func:`procstatus.ops.actions.perform` and render (:mod:`.rendering`). Here the
+operator layer's errors become HTTP statuses: a bad parameter or an id naming documents
+of several classes 400, nothing found 404, any other ``OperatorError`` 503.
 
 Safety: actions exist only with ``allow_actions``; each is a POST carrying the token
 (header ``X-Procstatus-Token`` or form field ``token``), compared in constant time; a
@@ -18,14 +21,11 @@ from __future__ import annotations
 
 import functools
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
-import jinja2
 from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -36,89 +36,24 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from procstatus import operating, queries
-from procstatus.dashboard import data
-from procstatus.dashboard.data import BadRequest, NotFound
-from procstatus.operating import OperatorError, Session, fmt_age
-from procstatus.queries import Source
+from procstatus.clock import utcnow
+from procstatus.dashboard import data, params
+from procstatus.dashboard.params import BadRequest
+from procstatus.dashboard.rendering import HERE, SecurityHeaders, environment, wants_html
+from procstatus.ops import actions, queries
+from procstatus.ops import workers as heartbeats
+from procstatus.ops.errors import AmbiguousId, NotFound, OperatorError, first_line
+from procstatus.ops.session import Session
+from procstatus.ops.sources import Source
+from procstatus.ops.values import fmt_age, jsonable, seconds_since
 
 logger = logging.getLogger("procstatus.dashboard")
 
-HERE = Path(__file__).resolve().parent
 TOKEN_HEADER = "X-Procstatus-Token"
-ACTIONS = ("cancel", "retry", "reset")
 MAX_ACTION_BODY = 4096
-SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-     b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
-STATUS_LABEL = {"WAITING_FOR_RESULT": "WAITING"}
 
 Handler = Callable[[Request], Response]
-
-
-class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` to every response (no inline script or style runs)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
-        autoescape=jinja2.select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["age"] = fmt_age
-    env.filters["span"] = _span
-    env.filters["short_status"] = lambda s: STATUS_LABEL.get(s or "", s or "-")
-    env.filters["idq"] = lambda pk: quote(str(pk), safe="")
-    env.filters["pretty"] = lambda v: json.dumps(queries.jsonable(v), indent=2, sort_keys=True)
-    env.filters["when"] = lambda m: "-" if m is None else m.strftime("%Y-%m-%d %H:%M:%S UTC")
-    env.filters["clock"] = lambda m: "-" if m is None else m.strftime("%H:%M:%S")
-    env.filters["pct"] = lambda f: "" if f is None else f"{f * 100:.0f}%"
-    env.filters["thousands"] = lambda n: f"{n:,}"
-    env.globals["STATUSES"] = queries.STATUSES
-    env.globals["PROCESSING"] = queries.PROCESSING_STATUSES
-    return env
-
-
-def _span(seconds: float) -> str:
-    """A window of time in round words: ``24 h``, ``7 days``, ``90 min``."""
-    if seconds >= 3 * 86400 and seconds % 86400 == 0:
-        return f"{seconds / 86400:g} days"
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g} h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g} min"
-    return fmt_age(seconds)
-
-
-def _wants_html(request: Request) -> bool:
-    path = request.url.path
-    return not path.startswith(("/api/", "/partials/", "/static/"))
 
 
 class Dashboard:
@@ -135,7 +70,7 @@ class Dashboard:
         self.token = token
         self.refresh_s = refresh_s
         self.failures_refresh_s = failures_refresh_s
-        self.env = _environment()
+        self.env = environment()
         self.counts = data.CountsCache(self._count, interval=refresh_s)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -147,7 +82,7 @@ class Dashboard:
         return str(self.session.connect().name)
 
     def _count(self) -> list[queries.ClassCounts]:
-        now = queries.utcnow()
+        now = utcnow()
         return [queries.counts(source, now=now) for source in self.sources()]
 
     def render(self, name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
@@ -162,7 +97,7 @@ class Dashboard:
         return HTMLResponse(html, status_code=http_status)
 
     def error(self, request: Request, status_code: int, message: str) -> Response:
-        if _wants_html(request):
+        if wants_html(request):
             try:
                 return self.render("error.html", status_code, status_code=status_code,
                                    message=message)
@@ -180,7 +115,7 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             try:
                 return await run_in_threadpool(handler, request)
-            except BadRequest as exc:
+            except (BadRequest, AmbiguousId) as exc:
                 return self.error(request, 400, str(exc))
             except NotFound as exc:
                 return self.error(request, 404, str(exc))
@@ -189,7 +124,7 @@ class Dashboard:
             except PyMongoError as exc:
                 return self.error(
                     request, 503, f"MongoDB failed: {type(exc).__name__}: "
-                    f"{operating.first_line(exc)}. Check that the server runs and answers.")
+                    f"{first_line(exc)}. Check that the server runs and answers.")
             except Exception:
                 logger.exception("dashboard: %s %s failed", request.method, request.url.path)
                 return self.error(request, 500, "internal error: the dashboard's log has the "
@@ -197,11 +132,16 @@ class Dashboard:
 
         return endpoint
 
-    def filters(self, request: Request) -> data.Filters:
-        return data.parse_filters(self.sources(), request.query_params)
+    def filters(self, request: Request) -> params.Filters:
+        return params.parse_filters(self.sources(), request.query_params)
 
     def locate(self, request: Request) -> tuple[Source, Any]:
-        return data.locate(self.sources(), request.path_params["cls"], request.path_params["id"])
+        """The document a path's ``{cls}/{id}`` names: the class must exist (404), the id
+        be one of its ids (400); then the one rule of :meth:`Session.locate`."""
+        source = params.source_named(self.sources(), request.path_params["cls"])
+        text = request.path_params["id"]
+        params.check_id(source, text)
+        return self.session.locate(text, source.name)
 
     # --- the main page -------------------------------------------------------------------
 
@@ -215,31 +155,31 @@ class Dashboard:
             "counting": False,
             "chart": data.chart(snapshot),
             "snapshot": snapshot,
-            "counted_age": fmt_age(queries.seconds_since(snapshot.at, queries.utcnow())),
+            "counted_age": fmt_age(seconds_since(snapshot.at, utcnow())),
         }
 
-    def processing_context(self, filters: data.Filters) -> dict[str, Any]:
-        sources = data.parse_class(self.sources(), filters.class_name)
+    def processing_context(self, filters: params.Filters) -> dict[str, Any]:
+        sources = params.parse_class(self.sources(), filters.class_name)
         rows = queries.list_documents(sources, filters.query())
-        more = urlencode({**filters.as_params(), "limit": str(data.MAX_LIMIT)})
+        more = urlencode({**filters.as_params(), "limit": str(params.MAX_LIMIT)})
         return {"rows": rows, "filters": filters, "more_query": more}
 
     def failures_context(self, request: Request) -> dict[str, Any]:
-        params = request.query_params
-        sources = data.parse_class(self.sources(), data.one(params, "class"))
-        window = data.parse_duration(data.one(params, "window"), "window", data.FAILURE_WINDOW,
-                                     30 * 86400.0)
-        scan = data.parse_limit(data.one(params, "scan"), data.FAILURE_SCAN,
-                                data.MAX_FAILURE_SCAN)
-        found = data.failures(sources, process=data.parse_process(data.one(params, "process")),
+        query = request.query_params
+        sources = params.parse_class(self.sources(), params.one(query, "class"))
+        window = params.parse_duration(params.one(query, "window"), "window",
+                                       params.RECENT_FAILURES_WINDOW, 30 * 86400.0)
+        scan = params.parse_limit(params.one(query, "scan"), params.FAILURE_SCAN,
+                                  params.MAX_FAILURE_SCAN)
+        found = data.failures(sources, process=params.parse_process(params.one(query, "process")),
                               window=window, scan=scan)
         return {"failures": found}
 
     def workers_context(self, request: Request) -> dict[str, Any]:
-        threshold_text = data.one(request.query_params, "threshold")
-        threshold = data.parse_duration(threshold_text, "threshold", self.session.threshold(),
-                                        7 * 86400.0)
-        found = queries.workers(self.session.workers_collection(), threshold=threshold)
+        threshold_text = params.one(request.query_params, "threshold")
+        threshold = params.parse_duration(threshold_text, "threshold", self.session.threshold(),
+                                          7 * 86400.0)
+        found = heartbeats.workers(self.session.workers_collection(), threshold=threshold)
         return {"workers": found, "threshold": threshold}
 
     def index(self, request: Request) -> Response:
@@ -248,7 +188,7 @@ class Dashboard:
             "index.html", **self.counts_context(), **self.processing_context(filters),
             **self.failures_context(request), **self.workers_context(request),
             processes=sorted({p for s in self.sources() for p in
-                              operating.process_names(s.cls)}),
+                              actions.process_names(s.cls)}),
         )
 
     def partial_counts(self, request: Request) -> Response:
@@ -267,10 +207,10 @@ class Dashboard:
 
     def document_context(self, request: Request) -> dict[str, Any]:
         source, pk = self.locate(request)
-        params = request.query_params
-        child_status = data.one(params, "child_status")
-        statuses = None if child_status is None else data.parse_statuses(child_status)[0]
-        limit = data.parse_limit(data.one(params, "child_limit"), data.CHILDREN_LIMIT)
+        query = request.query_params
+        child_status = params.one(query, "child_status")
+        statuses = None if child_status is None else params.parse_statuses(child_status)[0]
+        limit = params.parse_limit(params.one(query, "child_limit"), params.CHILDREN_LIMIT)
         detail = data.document(self.sources(), source, pk, child_statuses=statuses,
                                child_limit=limit)
         return {"doc": detail, "child_status": child_status or "",
@@ -288,20 +228,14 @@ class Dashboard:
 
     def find(self, request: Request) -> Response:
         """``/find?id=ID[&class=C]``: the document page of the one document with that id."""
-        params = request.query_params
-        text = data.one(params, "id")
+        query = request.query_params
+        text = params.one(query, "id")
         if text is None:
             raise BadRequest("give the id of a document: /find?id=ID")
-        sources = data.parse_class(self.sources(), data.one(params, "class"))
-        for source in sources:
-            data.check_id(Source(source.name, source.collection), text)
-        matches = queries.find_id(sources, text)
-        if not matches:
-            raise NotFound(f"no document with id {text[:80]}")
-        if len(matches) > 1:
-            names = ", ".join(s.name for s, _ in matches)
-            raise BadRequest(f"id {text[:80]} names documents in {names}: choose a class")
-        source, pk = matches[0]
+        class_name = params.one(query, "class")
+        for source in params.parse_class(self.sources(), class_name):
+            params.check_id(Source(source.name, source.collection), text)
+        source, pk = self.session.locate(text, class_name, hint="choose a class")
         return RedirectResponse(f"/documents/{quote(source.name, safe='')}/"
                                 f"{quote(str(pk), safe='')}", status_code=303)
 
@@ -309,36 +243,22 @@ class Dashboard:
 
     def api_status(self, request: Request) -> Response:
         """Exactly ``procstatus status --json``."""
-        sources = data.parse_class(self.sources(), data.one(request.query_params, "class"))
-        now = queries.utcnow()
+        sources = params.parse_class(self.sources(), params.one(request.query_params, "class"))
+        now = utcnow()
         rows = [queries.counts(source, now=now) for source in sources]
-        report = operating.status_json(self.database(), rows, self.session.skipped, now)
-        return JSONResponse(queries.jsonable(report))
+        report = queries.status_json(self.database(), rows, self.session.skipped, now)
+        return JSONResponse(jsonable(report))
 
     def api_list(self, request: Request) -> Response:
         """``procstatus list --json``, with the list's filters as parameters (every
         status unless ``status`` says otherwise, newest first unless ``order=oldest``)."""
-        params = request.query_params
-        sources = data.parse_class(self.sources(), data.one(params, "class"))
-        statuses, _ = data.parse_statuses(data.one(params, "status"), default="all")
-        older = data.one(params, "older_than")
-        order = (data.one(params, "order") or "newest").lower()
-        if order not in {"oldest", "newest"}:
-            raise BadRequest(f"order {order[:40]!r} is neither oldest nor newest")
-        query = queries.ListQuery(
-            statuses=statuses,
-            process=data.parse_process(data.one(params, "process")),
-            older_than=None if older is None else data.parse_duration(
-                older, "older_than", 0, 3650 * 86400.0),
-            worker=data.parse_worker(data.one(params, "worker")),
-            limit=data.parse_limit(data.one(params, "limit"), data.DEFAULT_LIMIT),
-            oldest_first=order == "oldest",
-        )
+        sources = params.parse_class(self.sources(), params.one(request.query_params, "class"))
+        query = params.parse_list_query(request.query_params)
         return JSONResponse(data.rows_json(queries.list_documents(sources, query)))
 
     def api_failures(self, request: Request) -> Response:
         found: data.Failures = self.failures_context(request)["failures"]
-        return JSONResponse(queries.jsonable(found.as_dict(queries.utcnow())))
+        return JSONResponse(jsonable(found.as_dict(utcnow())))
 
     def api_workers(self, request: Request) -> Response:
         """``procstatus workers --json``."""
@@ -361,7 +281,7 @@ class Dashboard:
         """The chart's data: the last counts (shared by every page), and their age."""
         context = self.counts_context()
         snapshot = context["snapshot"]
-        return JSONResponse(queries.jsonable({
+        return JSONResponse(jsonable({
             "counting": context["counting"],
             "counted_at": snapshot.at if snapshot else None,
             "took_s": round(snapshot.took_s, 3) if snapshot else None,
@@ -376,9 +296,9 @@ class Dashboard:
         name = request.path_params["action"]
         where = f"{request.path_params.get('cls')}({request.path_params.get('id')})"
         client = request.client.host if request.client else "?"
-        if name not in ACTIONS:
+        if name not in actions.ACTIONS:
             return self.error(request, 404, f"no action {name[:40]!r}: use "
-                                            f"{', '.join(ACTIONS)}")
+                                            f"{', '.join(actions.ACTIONS)}")
         if not self.allow_actions:
             logger.warning("dashboard %s %s from %s refused: actions are disabled", name, where,
                            client)
@@ -396,18 +316,18 @@ class Dashboard:
             return self.error(request, 403, "refused: this action needs the dashboard's token "
                                             f"(header {TOKEN_HEADER} or form field token)")
         try:
-            terminate = data.parse_bool(form.get("terminate"), "terminate")
+            terminate = params.parse_bool(form.get("terminate"), "terminate")
         except BadRequest as exc:
             return self.error(request, 400, str(exc))
 
         def act(request: Request) -> Response:
             source, pk = self.locate(request)
             outcome = self._act(name, source, pk, terminate=terminate)
-            logger.warning("dashboard %s %s from %s: %s", name, operating.label(source, pk),
+            logger.warning("dashboard %s %s from %s: %s", name, actions.label(source, pk),
                            client, outcome.message)
             state = queries.show(source, pk)
             return JSONResponse(
-                queries.jsonable({
+                jsonable({
                     "action": name, "ok": outcome.ok, "message": outcome.message,
                     "process_status": state["process_status"] if state else None,
                 }),
@@ -416,30 +336,10 @@ class Dashboard:
 
         return await self.guarded(act)(request)
 
-    def _act(self, name: str, source: Source, pk: Any, *, terminate: bool) -> operating.Outcome:
+    def _act(self, name: str, source: Source, pk: Any, *, terminate: bool) -> actions.Outcome:
         if source.cls is None:
             raise OperatorError(f"{name} needs the classes: start the dashboard with -A MODULE")
-        if name == "cancel":
-            return operating.cancel_document(source, pk, terminate=terminate)
-        if name == "reset":
-            from procstatus import transitions
-
-            refusal = operating.reset_refusal(
-                source, pk, transitions.read_state(source.collection, pk), force=False,
-                hint="Cancel it first",
-            )
-            if refusal is not None:
-                return operating.Outcome(False, refusal)
-            return operating.reset_document(source, pk)
-        state = queries.show(source, pk) or {}
-        if state.get("process_status") != "FAILURE":
-            return operating.Outcome(
-                False, f"{operating.label(source, pk)} is {state.get('process_status')}: only a "
-                       "FAILURE is retried")
-        plan = operating.plan_retry(source, pk, state.get("current_process"))
-        if isinstance(plan, str):
-            return operating.Outcome(False, plan)
-        return plan.call()
+        return actions.perform(name, source, pk, terminate=terminate)
 
     # --- the routes ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""procstatus.queries against the MongoDB-protocol server: answers, and the index behind each.
+"""The reads of procstatus.ops against the MongoDB-protocol server: answers, and the index
+behind each.
 
 Every command the query functions send is recorded with pymongo command monitoring and
 explained on the server; each must scan an index, never the collection.
@@ -16,9 +17,13 @@ from bson import ObjectId
 from pymongo import monitoring
 from pymongo.database import Database
 
-from procstatus import queries
 from procstatus.liveness import WORKERS_COLLECTION
-from procstatus.queries import ListQuery, Source
+from procstatus.ops import family, queries, sources, values
+from procstatus.ops import workers as ops_workers
+from procstatus.ops.errors import AmbiguousId, NotFound, OperatorError
+from procstatus.ops.queries import ListQuery
+from procstatus.ops.session import Session
+from procstatus.ops.sources import Source
 from tests.unit.models import UnitJob
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -122,7 +127,7 @@ def test_counts_have_every_status_the_oldest_under_way_and_the_last_hours_failur
 
 def test_counts_of_an_empty_or_missing_collection_are_all_zero(db):
     counted = queries.counts(Source("Nothing", db["nothing"]), now=NOW)
-    assert counted.counts == dict.fromkeys(queries.STATUSES, 0)
+    assert counted.counts == dict.fromkeys(values.STATUSES, 0)
     assert counted.oldest_pending is None and counted.failures_last_hour == 0
 
 
@@ -161,6 +166,24 @@ def test_a_row_carries_progress_age_and_the_last_error_as_plain_data(jobs):
     assert data["status_changed_at"].endswith("Z")
 
 
+def test_locate_has_one_rule_for_an_id(db, jobs):
+    """The CLI and the dashboard locate through Session.locate: within one collection the
+    _id stored as typed wins; documents in several collections are ambiguous."""
+    other = proc_collection(db, "others")
+    other.collection.insert_many([doc("READY", None, _id="p5"), doc("READY", None, _id="8")])
+    jobs.collection.insert_one(doc("READY", None, _id="7"))  # beside the integer 7
+    session = Session(database=db)
+    assert session.locate("7") == (session.sources("jobs")[0], "7")
+    assert session.locate("8")[1] == "8" and session.locate("s1")[1] == "s1"
+    with pytest.raises(AmbiguousId, match="names documents in jobs, others: pass --class"):
+        session.locate("p5")
+    assert session.locate("p5", "others")[0].name == "others"
+    with pytest.raises(NotFound, match="no document with id nope in any class"):
+        session.locate("nope")
+    with pytest.raises(OperatorError, match="no class or collection 'nothing'"):
+        session.locate("p5", "nothing")
+
+
 def test_list_merges_several_sources_under_one_limit(db, jobs):
     other = proc_collection(db, "others")
     other.collection.insert_one(doc("SUCCESS", ago(seconds=1), _id="newest"))
@@ -188,7 +211,7 @@ def test_children_are_counted_by_status(db):
         [doc(status, NOW, parent="P") for status in ("SUCCESS", "SUCCESS", "FAILURE", "RUNNING")]
         + [doc("SUCCESS", NOW, parent="other")]
     )
-    assert queries.children_counts(children.collection, {"parent": "P"}) == {
+    assert family.children_counts(children.collection, {"parent": "P"}) == {
         "READY": 0, "PENDING": 0, "RUNNING": 1, "WAITING_FOR_RESULT": 0, "SUCCESS": 2,
         "FAILURE": 1}
 
@@ -204,7 +227,7 @@ def test_workers_are_alive_stopped_or_silent(db):
         {"_id": "i4", "hostname": "c@h", "pid": 4, "heartbeat_at": ago(seconds=1),
          "active": [], "stopped": True},
     ])
-    found = queries.workers(db[WORKERS_COLLECTION], threshold=30, now=NOW)
+    found = ops_workers.workers(db[WORKERS_COLLECTION], threshold=30, now=NOW)
     assert [(w.instance, w.state) for w in found] == [
         ("i1", "alive"), ("i3", "silent"), ("i2", "stopped"), ("i4", "stopped")]
     assert found[0].active == ["t1"] and found[0].silent_s == 2.0
@@ -216,17 +239,17 @@ def test_discover_finds_proc_collections_by_their_index_or_first_document(db, jo
     db["plain"].insert_one({"name": "not a proc"})
     db[WORKERS_COLLECTION].insert_one({"_id": "i", "heartbeat_at": NOW})
     db["empty_proc"].create_index("process_status")
-    found = queries.discover(db)
+    found = sources.discover(db)
     assert [s.name for s in found] == ["empty_proc", "jobs", "legacy"]
     legacy = found[2]
-    assert legacy.status_hint() is None and jobs.status_hint() == queries.STATUS_CHANGED_INDEX
+    assert legacy.status_hint() is None and jobs.status_hint() == sources.STATUS_CHANGED_INDEX
     assert [r.process_status for r in queries.list_documents([legacy])] == ["SUCCESS"]
-    assert [s.name for s in queries.select(queries.discover(db), "JOBS")] == ["jobs"]
+    assert [s.name for s in sources.select(sources.discover(db), "JOBS")] == ["jobs"]
 
 
 def test_jsonable_makes_ids_and_times_plain():
     oid = ObjectId()
-    assert queries.jsonable({"id": oid, "at": datetime(2025, 1, 2, 3, 4, 5), "n": [1, None]}) == {
+    assert values.jsonable({"id": oid, "at": datetime(2025, 1, 2, 3, 4, 5), "n": [1, None]}) == {
         "id": str(oid), "at": "2025-01-02T03:04:05Z", "n": [1, None]}
 
 
@@ -266,7 +289,7 @@ def test_every_query_scans_an_index_never_the_collection(db, jobs, recorder):
 
     queries.counts(jobs, now=NOW)
     queries.list_documents([jobs], now=NOW)
-    queries.list_documents([jobs], ListQuery(statuses=queries.PROCESSING_STATUSES,
+    queries.list_documents([jobs], ListQuery(statuses=values.PROCESSING_STATUSES,
                                              oldest_first=True), now=NOW)
     queries.list_documents([jobs], ListQuery(statuses=("FAILURE",), process="ingest",
                                              worker="alpha", older_than=60), now=NOW)
@@ -275,8 +298,8 @@ def test_every_query_scans_an_index_never_the_collection(db, jobs, recorder):
     queries.count_matching(jobs, ListQuery(statuses=("FAILURE",), process="ingest"))
     queries.find_id([jobs], str(ObjectId()))
     queries.show(jobs, 7)
-    queries.children_counts(children.collection, {"parent": "P"})
-    queries.workers(db[WORKERS_COLLECTION], threshold=30)
+    family.children_counts(children.collection, {"parent": "P"})
+    ops_workers.workers(db[WORKERS_COLLECTION], threshold=30)
 
     assert len(recorder.commands) == 15
     for command in recorder.commands:

@@ -1,23 +1,25 @@
-"""Read-only status queries shared by the ``procstatus`` CLI and any dashboard.
+"""The read-only status queries of the operator layer (``procstatus`` CLI and dashboard).
 
-Pure functions over pymongo collections that return plain dataclasses and dicts and
-print nothing. Every query is answered through an index of the ``Proc`` base class —
-``process_status`` and ``(process_status, status_changed_at)`` — or through ``_id``;
-``tests/unit/test_queries.py`` runs ``explain`` on each command they send and checks it.
+Pure functions over the collections of :class:`~procstatus.ops.sources.Source` that
+return plain dataclasses and dicts and print nothing: counts by status (:func:`counts`),
+lists of documents (:func:`list_documents`, :func:`count_matching`), where an id lives
+(:func:`find_id`), one document's status fields (:func:`show`), and :func:`status_json`,
+the shape of ``status --json``. Every query is answered through an index of the ``Proc``
+base class — ``process_status`` and ``(process_status, status_changed_at)`` — or through
+``_id``; ``tests/unit/test_queries.py`` runs ``explain`` on each command they send and
+checks it (a parent's children: :mod:`procstatus.ops.family`).
 Counts come from the server (an aggregation on ``process_status``, ``count_documents``);
 no query here loads documents to count them.
 
 This module imports neither Celery nor mongoengine's documents, so a read-only tool
-that knows only a database (no app module) can use it. A :class:`Source` is one
-``Proc`` collection: with the app's classes known, named after its class; without,
-after the collection itself (:func:`discover`).
+that knows only a database (no app module) can use it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,26 +27,30 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
-from pymongo.database import Database
 
 from procstatus.clock import aware, utcnow
-from procstatus.liveness import WORKERS_COLLECTION
-from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
-
-STATUSES: tuple[str, ...] = tuple(s.value for s in ProcessStatus)
-"""The six stored status strings, in lifecycle order."""
-PROCESSING_STATUSES: tuple[str, ...] = tuple(s for s in STATUSES if ProcessStatus(s) in PROCESSING)
-COMPLETED_STATUSES: tuple[str, ...] = tuple(s for s in STATUSES if ProcessStatus(s) in COMPLETED)
+from procstatus.ops.sources import Source
+from procstatus.ops.values import (
+    PROCESSING_STATUSES,
+    STATUSES,
+    jsonable,
+    progress_fraction,
+    rounded,
+    seconds_since,
+)
+from procstatus.status import ProcessStatus
 
 DEFAULT_LIMIT = 50
 FAILURE_WINDOW = 3600.0
-"""Seconds back that :func:`counts` counts failures over ("failures in the last hour")."""
+"""Seconds back that :func:`counts` counts failures over: the hour of ``status``'s
+"failures in the last hour" (``ClassCounts.failures_last_hour``), in the CLI and the
+dashboard alike."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _INSTANCE_ID = re.compile(r"^[0-9a-f]{32}$")
 """A worker instance id (``uuid4().hex``), as opposed to a hostname."""
 
-_LIST_FIELDS: dict[str, int] = {
+LIST_FIELDS: dict[str, int] = {  # what a :class:`Row` is made of
     name: 1
     for name in (
         "process_status", "current_process", "current_process_step", "errors", "warnings",
@@ -60,122 +66,9 @@ STATUS_FIELDS: tuple[str, ...] = (
     "worker_instance", "worker_pid", "celery_task_id", "process_arguments", "joining",
     "call_queue",
 )
-"""Every status field of a ``Proc`` document, in the order :func:`show` returns them."""
-
-
-def seconds_since(moment: Any, now: datetime) -> float | None:
-    when = aware(moment)
-    return None if when is None else max(0.0, (now - when).total_seconds())
-
-
-def progress_fraction(done: Any, total: Any) -> float | None:
-    """``done / total`` in [0, 1], or ``None`` when the total is unknown."""
-    if not isinstance(done, int) or not isinstance(total, int) or total < 1:
-        return None
-    return min(1.0, max(0.0, done / total))
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with ObjectIds as strings and datetimes as ISO 8601 UTC, for ``json.dumps``."""
-    if isinstance(value, datetime):
-        return (aware(value) or value).isoformat().replace("+00:00", "Z")
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-# --- sources ---------------------------------------------------------------------------
-
-
-STATUS_CHANGED_INDEX: list[tuple[str, int]] = [("process_status", 1), ("status_changed_at", 1)]
-STATUS_INDEX: list[tuple[str, int]] = [("process_status", 1)]
-"""The two indexes every ``Proc`` class declares (``procstatus.document.Proc.meta``)."""
-
-
-@dataclass
-class Source:
-    """One collection of ``Proc`` documents.
-
-    ``name`` is the class name when the app's classes are known (``cls`` is then the
-    class), else the collection's name.
-    """
-
-    name: str
-    collection: Collection
-    cls: type | None = None
-    _hint: list[tuple[str, int]] | None | bool = field(
-        default=False, compare=False, repr=False
-    )
-
-    @property
-    def collection_name(self) -> str:
-        return str(self.collection.name)
-
-    def status_hint(self) -> list[tuple[str, int]] | None:
-        """The status index that list queries name as their hint when they need one
-        (:func:`needs_hint`); read once.
-
-        Filters that add fields the index lacks (process, worker) are answered through
-        it anyway: the index bounds the statuses and times, the rest is checked on the
-        documents it yields. Without the hint, a server whose planner only takes an
-        index covering every filtered field (SecantusDB) scans the collection. ``None``
-        when the collection has neither Proc index (a legacy collection).
-        """
-        if self._hint is False:
-            present = [
-                [(str(k), int(v)) for k, v in index["key"].items()]
-                for index in self.collection.list_indexes()
-            ]
-            self._hint = next(
-                (wanted for wanted in (STATUS_CHANGED_INDEX, STATUS_INDEX) if wanted in present),
-                None,
-            )
-        return self._hint if isinstance(self._hint, list) else None
-
-
-def has_status_index(collection: Collection) -> bool:
-    """Whether the collection has an index led by ``process_status`` (every Proc has one)."""
-    return any(
-        next(iter(index["key"]), None) == "process_status" for index in collection.list_indexes()
-    )
-
-
-def discover(database: Database) -> list[Source]:
-    """The collections of ``database`` that hold ``Proc`` documents, by collection name.
-
-    A collection counts when it has an index led by ``process_status`` (every ``Proc``
-    class creates one) or when its first document has a ``process_status`` field: the
-    probe reads the index list and at most one document per collection, never a scan.
-    """
-    found: list[Source] = []
-    for name in sorted(database.list_collection_names()):
-        if name.startswith("system.") or name == WORKERS_COLLECTION:
-            continue
-        collection = database[name]
-        if has_status_index(collection):
-            found.append(Source(name, collection))
-            continue
-        first = collection.find_one({}, {"process_status": 1})
-        if first is not None and "process_status" in first:
-            found.append(Source(name, collection))
-    return found
-
-
-def select(sources: Sequence[Source], name: str | None) -> list[Source]:
-    """The sources named ``name`` (class or collection name, any case); all if ``None``."""
-    if name is None:
-        return list(sources)
-    wanted = name.lower()
-    exact = [s for s in sources if s.name == name or s.collection_name == name]
-    return exact or [
-        s for s in sources if s.name.lower() == wanted or s.collection_name.lower() == wanted
-    ]
+"""The status fields :func:`show` returns, in this order: those the state machine writes
+(:data:`procstatus.transitions.STATE_FIELDS`) less ``worker_redelivers`` (the worker's
+own redelivery bookkeeping), plus ``create_time``."""
 
 
 # --- counts ----------------------------------------------------------------------------
@@ -207,15 +100,11 @@ class ClassCounts:
             "total": self.total,
             "processing": sum(self.counts[s] for s in PROCESSING_STATUSES),
             "oldest_pending_at": jsonable(self.oldest_pending),
-            "oldest_pending_age_s": _rounded(seconds_since(self.oldest_pending, now)),
+            "oldest_pending_age_s": rounded(seconds_since(self.oldest_pending, now)),
             "oldest_running_at": jsonable(self.oldest_running),
-            "oldest_running_age_s": _rounded(seconds_since(self.oldest_running, now)),
+            "oldest_running_age_s": rounded(seconds_since(self.oldest_running, now)),
             "failures_last_hour": self.failures_last_hour,
         }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def count_pipeline() -> list[dict[str, Any]]:
@@ -311,7 +200,7 @@ class Row:
         data["create_time"] = jsonable(self.create_time)
         data["last_error"] = self.last_error
         data["progress"] = self.progress
-        data["age_s"] = _rounded(self.age_s)
+        data["age_s"] = rounded(self.age_s)
         return data
 
 
@@ -390,7 +279,7 @@ def needs_hint(filter: Mapping[str, Any]) -> bool:
     return not (keys == {"process_status", "status_changed_at"} and single)
 
 
-def _row(source: Source, document: Mapping[str, Any], now: datetime) -> Row:
+def row_of(source: Source, document: Mapping[str, Any], now: datetime) -> Row:
     changed = aware(document.get("status_changed_at"))
     created = aware(document.get("create_time"))
     return Row(
@@ -423,12 +312,12 @@ def list_documents(
     rows: list[Row] = []
     for source in sources:
         for find in query.finds(now):
-            cursor = source.collection.find(find["filter"], _LIST_FIELDS)
+            cursor = source.collection.find(find["filter"], LIST_FIELDS)
             cursor = cursor.sort(find["sort"]).limit(find["limit"])
             hint = source.status_hint() if needs_hint(find["filter"]) else None
             if hint is not None:
                 cursor = cursor.hint(hint)
-            rows.extend(_row(source, document, now) for document in cursor)
+            rows.extend(row_of(source, document, now) for document in cursor)
     epoch = datetime.min.replace(tzinfo=timezone.utc)
     rows.sort(key=lambda r: (r.since or epoch), reverse=not query.oldest_first)
     return rows[: query.limit]
@@ -471,7 +360,8 @@ def find_id(sources: Iterable[Source], text: str) -> list[tuple[Source, Any]]:
 
 
 def show(source: Source, pk: Any, *, now: datetime | None = None) -> dict[str, Any] | None:
-    """Every status field of one document (``None`` if it does not exist)."""
+    """The status fields (:data:`STATUS_FIELDS`) of one document, with its progress and
+    age (``None`` if it does not exist)."""
     now = now or utcnow()
     document = source.collection.find_one({"_id": pk}, {name: 1 for name in STATUS_FIELDS})
     if document is None:
@@ -489,117 +379,16 @@ def show(source: Source, pk: Any, *, now: datetime | None = None) -> dict[str, A
         "collection": source.collection_name,
         **fields,
         "progress": progress_fraction(fields["progress_done"], fields["progress_total"]),
-        "age_s": _rounded(seconds_since(changed, now)),
+        "age_s": rounded(seconds_since(changed, now)),
     }
 
 
-def children_counts(collection: Collection, children_filter: Mapping[str, Any]) -> dict[str, int]:
-    """Children (the documents of ``collection`` matching ``children_filter``) per status.
-
-    Uses whatever index the children's filter has (the parent reference, typically);
-    every status is present, 0 when none.
-    """
-    by_status = dict.fromkeys(STATUSES, 0)
-    pipeline = [
-        {"$match": dict(children_filter)},
-        {"$group": {"_id": "$process_status", "n": {"$sum": 1}}},
-    ]
-    for row in collection.aggregate(pipeline):
-        if row["_id"] in by_status:
-            by_status[row["_id"]] = int(row["n"])
-    return by_status
-
-
-def children_rows(
-    source: Source, children_filter: Mapping[str, Any], *,
-    statuses: Sequence[str] | None = None, limit: int = DEFAULT_LIMIT,
-    now: datetime | None = None,
-) -> list[Row]:
-    """The first ``limit`` children (documents of ``source`` matching ``children_filter``,
-    in ``statuses`` when given), in the order of the index the filter uses (the parent
-    reference, typically).
-
-    One find on the children's filter alone: the statuses are checked on the documents
-    it yields, so the query stays on that index (a filter adding ``process_status``
-    would need an index on both on a server like SecantusDB), and it reads at most the
-    parent's own children.
-    """
-    now = now or utcnow()
-    wanted = None if statuses is None else set(statuses)
-    rows: list[Row] = []
-    cursor = source.collection.find(dict(children_filter), _LIST_FIELDS)
-    if wanted is None:
-        cursor = cursor.limit(limit)
-    for document in cursor:
-        if wanted is None or document.get("process_status") in wanted:
-            rows.append(_row(source, document, now))
-            if len(rows) >= limit:
-                break
-    cursor.close()
-    return rows
-
-
-# --- workers ---------------------------------------------------------------------------
-
-
-@dataclass
-class Worker:
-    """One worker start's heartbeat, and whether it still counts as alive."""
-
-    instance: str
-    hostname: str | None
-    pid: int | None
-    heartbeat_at: datetime | None
-    active: list[str] = field(default_factory=list)
-    stopped: bool = False
-    gone_at: datetime | None = None
-    alive: bool = False
-    silent_s: float | None = None
-    """Seconds since the last heartbeat."""
-
-    @property
-    def state(self) -> str:
-        """``alive``, ``stopped`` (shut down or marked gone) or ``silent`` (past the
-        threshold, not yet marked: killed, or cut off)."""
-        if self.alive:
-            return "alive"
-        return "stopped" if self.stopped else "silent"
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: jsonable(v) for k, v in asdict(self).items()}
-        data["state"] = self.state
-        data["silent_s"] = _rounded(self.silent_s)
-        return data
-
-
-def workers(
-    collection: Collection, *, threshold: float, now: datetime | None = None
-) -> list[Worker]:
-    """Every heartbeat in ``procstatus_workers``, by hostname; alive = beat within
-    ``threshold`` seconds and not stopped.
-
-    The collection holds one small document per worker start and stopped ones are
-    deleted a day later (:func:`procstatus.liveness.mark_gone`), so it is read whole,
-    in ``_id`` index order.
-    """
-    now = now or utcnow()
-    found: list[Worker] = []
-    for document in collection.find({}).hint([("_id", ASCENDING)]):
-        beat = aware(document.get("heartbeat_at"))
-        silent = seconds_since(beat, now)
-        stopped = bool(document.get("stopped"))
-        found.append(
-            Worker(
-                instance=str(document["_id"]),
-                hostname=document.get("hostname"),
-                pid=document.get("pid"),
-                heartbeat_at=beat,
-                active=list(document.get("active") or []),
-                stopped=stopped,
-                gone_at=aware(document.get("gone_at")),
-                alive=not stopped and silent is not None and silent <= threshold,
-                silent_s=silent,
-            )
-        )
-    found.sort(key=lambda w: (not w.alive, w.hostname or "", w.silent_s or 0.0))
-    return found
+def status_json(
+    database: str, rows: Sequence[ClassCounts], skipped: Sequence[str], now: datetime
+) -> dict[str, Any]:
+    """What ``procstatus status --json`` prints (and the dashboard's ``/api/status``)."""
+    return {
+        "database": database,
+        "classes": [r.as_dict(now) for r in rows],
+        "skipped": list(skipped),
+    }
