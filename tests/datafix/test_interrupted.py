@@ -112,8 +112,10 @@ def test_killed_run_then_rerun_equals_one_clean_run(
     rerun_stats = rerun.report["collections"]["killed"]
     clean_stats = clean.report["collections"]["clean"]
     if mode == "batched":
-        # The rerun migrated exactly what the killed run had not.
-        assert rerun_stats["migrated_total"] == legacy_after_kill - invalid
+        # The rerun migrated what the killed run had not: the count at the kill less, at
+        # most, the one batch (50) the server was still applying when the client died.
+        assert (legacy_after_kill - invalid - 50
+                <= rerun_stats["migrated_total"] <= legacy_after_kill - invalid)
     else:
         # The server finishes the update_many it was running when the client died, so the
         # count at the kill is an upper bound; later rows were never sent.

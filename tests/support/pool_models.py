@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from mongoengine import IntField, ObjectIdField
 from mongoengine.connection import get_db
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from procstatus import Proc, ProcessStatus, process
 
@@ -65,8 +66,14 @@ def _signals() -> Any:
 
 def bump(key: str) -> int:
     """Add one to the counter ``key``; returns its new value."""
+    # Create the counter first, apart from the increment: two runs of one process bumping
+    # a new key at once raced in a single upsert (the server returned no document).
+    try:
+        _signals().update_one({"_id": key}, {"$setOnInsert": {"n": 0}}, upsert=True)
+    except DuplicateKeyError:
+        pass  # the other run created it
     document = _signals().find_one_and_update(
-        {"_id": key}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        {"_id": key}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER
     )
     return int(document["n"])
 
