@@ -221,7 +221,7 @@ def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> 
 
 
 def _end_lost_join(call: messages.JoinCall, task_id: str, exception: BaseException) -> None:
-    state = transitions.read_state(call.cls._get_collection(), call.pk)
+    state = transitions.read_state(call.cls._state_target(call.pk))
     if state is None or state.get("celery_task_id") != task_id:
         return  # the join never began, so the parent still waits: nothing to end
     spec = process_spec(call.cls, state.get("current_process") or "")
