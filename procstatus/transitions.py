@@ -19,7 +19,14 @@ replication is unconfirmed) or a connection error (it may or may not have run) m
 write re-read the document from the primary and go on from what is there — won if the
 document shows this very write, lost if a ``WriteConcernError`` says it ran and matched
 nothing, and the error raised again otherwise (nothing is known to have been written).
-What "shows this very write" means is each write's own ``landed`` test.
+What "shows this very write" means is each write's own ``landed`` test. One error is not
+ambiguous: a server's refusal, ``NotPrimaryError`` ("not writable primary", "node is
+recovering", interrupted by a state change), says the write was not applied, so it is
+sent once more — the driver first waits for a primary, up to ``serverSelectionTimeoutMS``
+— and what that second attempt meets is settled as above. That is what a retryable
+write does at a failover, for a connection with ``retryWrites=false`` or a refusal the
+server did not label retryable. A write cut by a dropped connection is not sent again:
+it may still land after the re-read, and only the server's retryable writes can tell.
 
 This module knows collections and keys, not Documents, and imports no Celery.
 """
@@ -33,7 +40,7 @@ from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import ConnectionFailure, PyMongoError, WriteConcernError
+from pymongo.errors import ConnectionFailure, NotPrimaryError, PyMongoError, WriteConcernError
 
 from procstatus import connection
 from procstatus.clock import utcnow
@@ -78,6 +85,8 @@ _PROJECTION = {name: 1 for name in STATE_FIELDS}
 
 _S = ProcessStatus
 logger = logging.getLogger("procstatus")
+
+R = TypeVar("R")
 
 _AMBIGUOUS = (WriteConcernError, ConnectionFailure)
 """Errors after which a write may have been applied (see the module docstring)."""
@@ -157,11 +166,12 @@ def _update(
 ) -> bool:
     """One conditional ``update_one``; whether it won (modified, or with ``matched``
     matched: an in-run write of a value already there still counts)."""
-    try:
+
+    def send() -> bool:
         result = target.collection.update_one(target.where(conditions), update)
-    except _AMBIGUOUS as exc:
-        return _settle(target, exc, landed) is not None
-    return (result.matched_count if matched else result.modified_count) == 1
+        return (result.matched_count if matched else result.modified_count) == 1
+
+    return _settled(target, send, landed, lambda state: state is not None)
 
 
 def _find_and_update(
@@ -179,13 +189,35 @@ def _find_and_update(
     even where ``before`` was asked (the state before is then unknown; callers say what
     they do with that).
     """
-    try:
+
+    def send() -> dict | None:
         return target.collection.find_one_and_update(
             target.where(conditions), update, projection=projection,
             return_document=ReturnDocument.BEFORE if before else ReturnDocument.AFTER,
         )
+
+    return _settled(target, send, landed, lambda state: state)
+
+
+def _settled(
+    target: Target,
+    send: Callable[[], R],
+    landed: Callable[[Mapping[str, Any]], bool],
+    outcome: Callable[[dict | None], R],
+) -> R:
+    """``send()`` (one write command); after an ambiguous error, ``outcome`` of the state
+    :func:`_settle` finds. A refusal (``NotPrimaryError``) wrote nothing: ``send()`` once more."""
+    try:
+        return send()
+    except NotPrimaryError as exc:
+        logger.warning("procstatus write to %s %r refused (%s); sending it again",
+                       target.collection.name, target.pk, exc)
     except _AMBIGUOUS as exc:
-        return _settle(target, exc, landed)
+        return outcome(_settle(target, exc, landed))
+    try:
+        return send()
+    except _AMBIGUOUS as exc:
+        return outcome(_settle(target, exc, landed))
 
 
 def _settle(
