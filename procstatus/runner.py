@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pymongo import ReadPreference
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 
 from procstatus import dispatch, endings, join, transitions
@@ -127,7 +128,9 @@ def _after_raise(run: Run, exc: Exception, attempts: Attempts, began: float) -> 
 def perform_join(call: JoinCall, task_id: str, worker: WorkerRef) -> ProcessStatus | None:
     """``procstatus.join``: claim the wait, run ``join()``, write the end; ``None`` if not
     ours (the parent does not wait, a child still runs, or another join task won)."""
-    parent = call.cls.objects(pk=call.pk).first()
+    # From the primary: the join is sent right after the WAITING_FOR_RESULT write, which a
+    # lagging secondary may not show yet, and a join dropped here waits for the sweeper.
+    parent = call.cls.objects(pk=call.pk).read_preference(ReadPreference.PRIMARY).first()
     if parent is None or parent.process_status is not ProcessStatus.WAITING_FOR_RESULT:
         logger.info("join of %s not needed: it is not waiting", call.describe())
         return None

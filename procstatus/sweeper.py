@@ -39,6 +39,7 @@ from typing import Any
 
 from mongoengine.base import _document_registry
 from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
+from pymongo import ReadPreference
 
 from procstatus import connection, endings, join, liveness, runtime
 from procstatus.callqueue import NextCallOutcome
@@ -204,8 +205,8 @@ def _end_lost(
 
 
 def _join_if_ready(cls: type[ProcDocument], pk: Any, report: SweepReport, dry_run: bool) -> None:
-    parent = cls.objects(pk=pk).first()
-    if parent is None:
+    parent = cls.objects(pk=pk).read_preference(ReadPreference.PRIMARY).first()
+    if parent is None:  # (a secondary may not have it yet: the primary does)
         return
     try:
         if join.join_if_ready(parent, dry_run=dry_run):
