@@ -1,6 +1,7 @@
 """The chaos soak: 300+ processes on real workers under a seeded random schedule of 30+ faults.
 
-Owns one promise end to end: whatever is killed, cancelled, restarted or delivered twice,
+Owns one promise end to end: whatever is killed, cancelled, restarted, delivered twice
+or cut by a failover (a fail point on one write, a step-down),
 no document is left PENDING, RUNNING or WAITING_FOR_RESULT once the queue has drained
 and the sweeper has run, every parent ends, ``join()`` runs at most once per wait, every
 FAILURE names the fault that caused it (and no "worker lost" names a worker that was
@@ -10,7 +11,8 @@ a ``retry_on_worker_lost`` resend, a retry) and never while its earlier run stil
 Mechanism. The soak restarts its own broker and MongoDB server, so it cannot share the
 session's: the caller side runs in a subprocess, :mod:`tests.support.chaos_driver`,
 which starts a private Redis (append-only file, fsync always) and a private SecantusDB
-(on disk), each on a fixed loopback port its restarts reuse, two prefork workers of
+(on disk, a single-node replica set with test commands, for ``failCommand`` fail points
+and ``replSetStepDown``), each on a fixed loopback port its restarts reuse, two prefork workers of
 concurrency 2 on their own queue (one with acks_late), dispatches the plan, injects
 the faults, sweeps every second as beat would, then waits for the drain and measures
 the settle. It writes its findings to ``chaos.json``; this test asserts on them. The
@@ -95,9 +97,14 @@ def test_chaos_soak_leaves_nothing_stuck_and_every_failure_names_its_fault(
 ):
     result = run_driver(tmp_path)
     faults = ", ".join(f"{kind} {n}" for kind, n in sorted(result["faults_by_kind"].items()))
+    armed = result["failpoints_armed"]
+    failpoint_counts = ", ".join(
+        f"{aim} {n}/{result['failpoints_met'].get(aim, 0)}" for aim, n in sorted(armed.items())
+    )
     record_figure(
         f"CHAOS seed={result['seed']} processes={result['planned']['processes']} "
         f"faults={sum(result['faults_by_kind'].values())} ({faults})\n"
+        f"CHAOS fail points armed/met: {failpoint_counts}\n"
         f"CHAOS final {result['final']} failures by fault {result['attributed']}\n"
         f"CHAOS settle: {result['timing']['settle_after_drain']} s after the drain "
         f"(bound {2 * THRESHOLD:g} s), {result['timing']['settle_after_last_fault']} s after "
@@ -107,6 +114,8 @@ def test_chaos_soak_leaves_nothing_stuck_and_every_failure_names_its_fault(
     assert result["planned"]["processes"] >= 300 * SIZE
     assert all(5 <= n <= 20 for n in result["planned"]["children_per_batch"])
     assert sum(result["faults_by_kind"].values()) >= 30 * SIZE
+    assert result["faults_by_kind"].get("failpoint", 0) >= 1
+    assert result["faults_by_kind"].get("step-down", 0) >= 1
     timing = result["timing"]
     problems = {
         name: result[name]

@@ -413,8 +413,8 @@ def test_a_step_down_in_the_middle_of_runs(
     for proc in (writer, steady, late):
         assert runs(redis_client, proc.pk) == 1
     assert joins(redis_client, parent.pk) == 1
-    assert "update not-primary" in seen(redis_client, clean.pool)
-    assert "findAndModify not-primary" in seen(redis_client, clean.caller)
+    assert "update step-down" in seen(redis_client, clean.pool)
+    assert "findAndModify step-down" in seen(redis_client, clean.caller)
     setting = "retryable writes" if clean.retrying else "retryWrites=false"
     record_figure(
         f"FAILOVER step-down {STEP_DOWN_SECONDS}s ({setting}): 5 runs SUCCESS, bodies once, "

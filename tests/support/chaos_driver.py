@@ -8,13 +8,18 @@ processes, faults and the fault window all scale with it; 1 is the CI size).
 The soak stops and restarts its own broker and MongoDB server, so it owns everything:
 
 1. **Servers.** A private ``redis-server`` with ``--appendonly yes --appendfsync always``
-   and a private SecantusDB with on-disk storage, each on a fixed loopback port that
-   its restarts reuse, so queued messages and documents survive a restart.
+   and a private SecantusDB with on-disk storage, advertising a single-node replica set
+   with test commands (``configureFailPoint``, ``replSetStepDown``), each on a fixed
+   loopback port that its restarts reuse, so queued messages and documents survive a
+   restart.
 2. **Workers.** Two ``celery worker`` processes (prefork, concurrency 2) running
    :mod:`tests.support.chaos_app` on the soak's queue, heartbeat 1 s (threshold 3 s),
    a visibility timeout of a few seconds. Worker ``chaos-a`` runs with acks_late +
-   reject_on_worker_lost, ``chaos-b`` without, so both documented behaviours of a lost
-   pool process are exercised. A killed worker is replaced under the same hostname (a
+   reject_on_worker_lost and retryable writes, ``chaos-b`` with neither
+   (``retryWrites=false``), so both documented behaviours of a lost pool process, and
+   both ways a write cut by a failover is settled, are exercised. Each client names
+   itself (``appName``: ``chaos-a``, ``chaos-b``, ``chaos-driver``) for the fail
+   points. A killed worker is replaced under the same hostname (a
    new instance, as a restarted service would be); a worker that exits on its own (Celery
    sometimes stops with "Unrecoverable error" after a broker restart, or when its pool
    cannot start on a loaded machine) is replaced too, as a service manager would, and
@@ -22,13 +27,19 @@ The soak stops and restarts its own broker and MongoDB server, so it owns everyt
 3. **Plan.** From the seed: batches (parents) with 5–20 children in one or two waves,
    standalone tasks of four kinds, how long each works (0–1 s of sleep in the body),
    which fail on purpose, and when each is called; at least 300 processes at size 1.
-4. **Faults.** From the seed: 34 faults at random moments of the fault window (a fault
+4. **Faults.** From the seed: 44 faults at random moments of the fault window (a fault
    with no target for 6 s is skipped and reported; the test wants 30 applied) —
    SIGKILL of a pool process (preferably one whose document is RUNNING), SIGKILL of a
    whole worker's process group then a replacement, ``cancel()`` and
    ``cancel(terminate=True)`` of random processing documents (parents and children),
-   Redis stopped then restarted, the MongoDB server stopped then restarted, and a
-   PENDING or RUNNING document's task delivered a second time (same task id).
+   Redis stopped then restarted, the MongoDB server stopped then restarted, a
+   PENDING or RUNNING document's task delivered a second time (same task id), a
+   ``failCommand`` fail point on the next ``update`` or ``findAndModify`` (the
+   lifecycle's writes: schedule, claim, step, progress, warning, end, join, cancel, the
+   sweeper's) of one client — the driver or a worker — failing it once as
+   ``not-primary``, ``close`` or ``write-concern`` (see :mod:`tests.support.failpoints`;
+   a fail point armed replaces one not yet met), and a ``replSetStepDown`` refusing all
+   writes for 2–5 s.
    Meanwhile the driver calls ``procstatus.sweep()`` every second, as beat would.
 5. **Drain and settle.** Faults stop; the driver waits until the broker queue and its
    unacknowledged set are empty and no worker reports an active, reserved or scheduled
@@ -86,6 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools import services
+from tests.support import failpoints
 
 HEARTBEAT = 1.0
 THRESHOLD = 3 * HEARTBEAT
@@ -96,7 +108,7 @@ MIN_PROCESSES = 300
 WINDOW = 40.0
 """Seconds of the fault window at size 1: batches are called in its first half, tasks in
 its first 85 %, so that work is under way until the last fault."""
-FAULTS_AT_SIZE_1 = {  # 34: a fault with no target for 6 s is skipped; 30 must be applied
+FAULTS_AT_SIZE_1 = {  # 44: a fault with no target for 6 s is skipped; 30 must be applied
     "pool-kill": 9,
     "worker-kill": 4,
     "cancel": 7,
@@ -104,7 +116,16 @@ FAULTS_AT_SIZE_1 = {  # 34: a fault with no target for 6 s is skipped; 30 must b
     "redis-restart": 3,
     "mongo-restart": 3,
     "duplicate": 5,
+    # Drawn after the kinds above, so a seed replays the same schedule of those.
+    "failpoint": 8,
+    "step-down": 2,
 }
+FAILPOINT_COMMANDS = ("update", "findAndModify")
+FAILPOINT_KINDS = ("not-primary", "close", "write-concern")
+CLIENTS = {"a": "chaos-a", "b": "chaos-b", "driver": "chaos-driver"}
+"""The ``appName`` of each client a fail point can aim at."""
+FAILPOINT_WAIT = 3.0
+"""Seconds a fail point is left to be met before another may replace it (one at a time)."""
 SLOTS = {"a": {"PROCSTATUS_TEST_ACKS_LATE": "1"}, "b": {}}
 SWEEP_EVERY = 1.0
 DRAIN_TIMEOUT = 90.0
@@ -152,6 +173,8 @@ class Fault:
     pick: float = field(compare=False)
     down_for: float = field(default=0.0, compare=False)
     deferred: int = field(default=0, compare=False)
+    aim: str = field(default="", compare=False)
+    """A fail point's ``"<kind> <command> <client>"``."""
 
 
 @dataclass
@@ -213,10 +236,17 @@ def make_plan(seed: int, size: float) -> Plan:
     for kind, count in FAULTS_AT_SIZE_1.items():
         for _ in range(max(1, round(count * size))):
             seq += 1
-            faults.append(Fault(
+            fault = Fault(
                 at=round(rng.uniform(1.5, window), 2), seq=seq, kind=kind, pick=rng.random(),
                 down_for=round(rng.uniform(0.5, 2.5), 2) if kind.endswith("restart") else 0.0,
-            ))
+            )
+            if kind == "failpoint":
+                fault.aim = " ".join((rng.choice(FAILPOINT_KINDS),
+                                      rng.choice(FAILPOINT_COMMANDS),
+                                      rng.choice(sorted(CLIENTS.values()))))
+            elif kind == "step-down":
+                fault.down_for = float(rng.randint(2, 5))
+            faults.append(fault)
     return Plan(batches, tasks, sorted(faults), window)
 
 
@@ -234,7 +264,10 @@ class Services:
         self.redis_port = services.free_port()
         self.mongo_port = services.free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.mongo_url = f"mongodb://127.0.0.1:{self.mongo_port}"
+        self.mongo_base_url = (
+            f"mongodb://127.0.0.1:{self.mongo_port}/?replicaSet={services.REPLICA_SET_NAME}"
+        )
+        self.mongo_url = self.client_url("driver")
         self.redis: services.Service | None = None
         self.mongo: services.Service | None = None
         self.workers: dict[str, services.Service | None] = dict.fromkeys(SLOTS)
@@ -290,16 +323,27 @@ class Services:
             what=f"redis on port {self.redis_port}",
         )
 
+    def client_url(self, client: str) -> str:
+        """The MongoDB URI of ``client`` (a worker slot or ``driver``): it names itself, so
+        that a fail point can aim at it; worker ``b`` does without retryable writes. A
+        500 ms heartbeat finds the primary again soon after a step-down (this server does
+        not answer a waiting ``hello`` early, as mongod does)."""
+        retry = "false" if client == "b" else "true"
+        return (f"{self.mongo_base_url}&appName={CLIENTS[client]}&retryWrites={retry}"
+                "&heartbeatFrequencyMS=500")
+
     def start_mongo(self) -> None:
         self.mongo = services.start_secantus(
-            self.log_dir, port=self.mongo_port, storage_path=str(self.data_dir / "mongo")
+            self.log_dir, port=self.mongo_port, storage_path=str(self.data_dir / "mongo"),
+            replica_set=True, test_commands=True,
         )
         self.track(self.mongo.process.pid, group=False, marker=str(self.mongo_port))
 
     def worker_env(self, slot: str) -> dict[str, str]:
         return {
-            "MONGODB_URI": self.mongo_url,
+            "MONGODB_URI": self.client_url(slot),
             "CELERY_BROKER_URL": self.redis_url,
+            "PROCSTATUS_TEST_REDIS_URL": self.redis_url,
             "PROCSTATUS_TEST_DB": DB_NAME,
             "PROCSTATUS_TEST_QUEUE": QUEUE,
             "PROCSTATUS_TEST_HEARTBEAT": str(HEARTBEAT),
@@ -386,6 +430,8 @@ class Evidence:
     cancel_blocked: list[str] = field(default_factory=list)
     """cancel() calls that took over a second, and how long."""
     skipped: Counter = field(default_factory=Counter)
+    failpoints: Counter = field(default_factory=Counter)
+    """Fail points armed, by ``"<kind> <command> <client>"``."""
 
 
 def key(cls_name: str, pk: Any) -> str:
@@ -414,6 +460,15 @@ class Soak:
         import redis
 
         self.redis = redis.Redis.from_url(svc.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        import pymongo
+
+        self.admin: pymongo.MongoClient = pymongo.MongoClient(
+            svc.mongo_base_url, serverSelectionTimeoutMS=2000, connectTimeoutMS=1000
+        )
+        self.stepped_down_until = 0.0
+        self.failpoint_armed: tuple[float, str, int] | None = None
+        """When the last fail point was armed, for which client, and how many faults that
+        client had met by then."""
         self.evidence = Evidence()
         self.fault_log: list[dict[str, Any]] = []
         self.events: list[Fault] = list(plan.faults)
@@ -546,6 +601,10 @@ class Soak:
             return self.cancel(fault, terminate=kind == "cancel-terminate")
         if kind == "duplicate":
             return self.duplicate(fault)
+        if kind == "failpoint":
+            return self.arm_failpoint(fault)
+        if kind == "step-down":
+            return self.step_down(fault)
         if kind == "redis-restart":
             if not self.redis_up:
                 return self.defer(fault, "redis already down", waiting_for_server=True)
@@ -565,6 +624,65 @@ class Soak:
             self.recover_later("mongo", fault.down_for)
             return f"MongoDB server stopped for {fault.down_for:.1f}s"
         raise ValueError(kind)
+
+    def arm_failpoint(self, fault: Fault) -> str | None:
+        """Fail the next ``update``/``findAndModify`` of one client once (replacing a fail
+        point not yet met)."""
+        if not self.mongo_up:
+            return self.defer(fault, "MongoDB down", waiting_for_server=True)
+        if self.failpoint_waiting():
+            return self.defer(fault, "the last fail point is not met yet", waiting_for_server=True)
+        kind, command, client = fault.aim.split()
+        try:
+            failpoints.arm(self.admin, command, kind, client)
+        except Exception as exc:
+            return self.defer(fault, f"cannot arm it: {exc!r}", waiting_for_server=True)
+        self.failpoint_armed = (self.now(), client, self.faults_met_by(client))
+        self.evidence.failpoints[fault.aim] += 1
+        return f"the next {command} of {client} fails once: {kind}"
+
+    def faults_met_by(self, client: str) -> int:
+        try:
+            return int(self.redis.llen(failpoints.seen_key(client)))
+        except Exception:
+            return -1  # Redis is down: unknown
+
+    def failpoint_waiting(self) -> bool:
+        """Whether the last fail point was armed under ``FAILPOINT_WAIT`` s ago and its
+        client has met no fault since (arming another would replace it unmet)."""
+        if self.failpoint_armed is None:
+            return False
+        armed_at, client, met_before = self.failpoint_armed
+        if self.now() - armed_at >= FAILPOINT_WAIT:
+            return False
+        return self.faults_met_by(client) <= met_before
+
+    def step_down(self, fault: Fault) -> str | None:
+        """The server refuses every write for ``down_for`` seconds, as a primary that stepped
+        down does until an election."""
+        if not self.mongo_up or self.now() < self.stepped_down_until:
+            return self.defer(fault, "MongoDB down or stepped down", waiting_for_server=True)
+        try:
+            failpoints.step_down(self.admin, int(fault.down_for))
+        except Exception as exc:
+            return self.defer(fault, f"cannot step down: {exc!r}", waiting_for_server=True)
+        self.stepped_down_until = self.now() + fault.down_for
+        self.last_fault_end = max(self.last_fault_end, self.stepped_down_until)
+        return f"the server refuses writes for {fault.down_for:.0f}s"
+
+    def failpoints_met(self) -> dict[str, int]:
+        """The faults each client met, as its ``FaultRecorder`` logged them in Redis (a
+        fault met while Redis was down is not counted)."""
+        met: Counter = Counter()
+        for client in CLIENTS.values():
+            try:
+                lines = self.redis.lrange(failpoints.seen_key(client), 0, -1)
+            except Exception:
+                continue
+            for line in lines:
+                command, kind = line.decode().split(" ", 1)
+                met[f"{kind} {command} {client}"] += 1
+        return dict(met)
 
     def recover_later(self, what: str, down_for: float, attempt: int = 1) -> None:
         """Restart ``what`` after ``down_for`` s, on a timer thread: a call that blocks the
@@ -846,7 +964,9 @@ class Soak:
             if self.fatal:
                 raise RuntimeError(self.fatal)
             if (self.now() >= self.plan.window and not self.events and not self.recovering
-                    and not self.pending_calls and not self.svc.restarting):
+                    and not self.pending_calls and not self.svc.restarting
+                    and self.now() >= self.stepped_down_until
+                    and not self.failpoint_waiting()):
                 break
             if self.now() > 2 * self.plan.window + 30:
                 raise RuntimeError(
@@ -856,6 +976,10 @@ class Soak:
                 )
             time.sleep(0.05)  # the loop's pace, not a synchronisation
         faults_end = self.now()
+        try:
+            failpoints.disarm(self.admin)  # one not met yet would fire during the drain
+        except Exception as exc:
+            say(f"! could not disarm the fail point: {exc!r}")
         say(f"t={faults_end:.1f}s faults over; waiting for the queue to drain")
 
         # Drained: twice in a row, the queue and the unacked set empty and no worker busy.
@@ -1121,8 +1245,9 @@ def analyse(
             return "deliberate (strict batch)" if doc.get("strict") and failed else None
         if REDIS_ERRORS.search(text) and ev.applied["redis-restart"]:
             return "redis-restart"
-        if MONGO_ERRORS.search(text) and ev.applied["mongo-restart"]:
-            return "mongo-restart"
+        if MONGO_ERRORS.search(text):
+            kinds = [k for k in ("mongo-restart", "failpoint", "step-down") if ev.applied[k]]
+            return "/".join(kinds) + " (a MongoDB error)" if kinds else None
         return None
 
     for label, doc in sorted(docs.items()):
@@ -1221,6 +1346,12 @@ def print_tables(result: dict[str, Any]) -> None:
         skipped = result["faults_skipped"].get(kind, 0)
         say(f"  {kind:18} {count:4d}" + (f"   (+{skipped} skipped: no target)" if skipped else ""))
     say(f"  {'total':18} {sum(result['faults_by_kind'].values()):4d}")
+    say("---- fail points: armed (kind, command, client) / met by that client ----")
+    say("  (a restart's dropped connections are met as close too; a step-down's refusals")
+    say("  are counted apart, as step-down)")
+    armed, met = result["failpoints_armed"], result["failpoints_met"]
+    for aim in sorted(set(armed) | set(met)):
+        say(f"  {aim:42} {armed.get(aim, 0):4d} / {met.get(aim, 0):4d}")
     say("---- documents by final status and reason ----")
     for row in result["reasons"]:
         say(f"  {row['count']:4d}  {row['status']:8} {row['reason'][:110]}")
@@ -1298,6 +1429,8 @@ def main(argv: list[str] | None = None) -> int:
             schedule=schedule,
             faults_by_kind=dict(soak.evidence.applied),
             faults_skipped=dict(soak.evidence.skipped),
+            failpoints_armed=dict(soak.evidence.failpoints),
+            failpoints_met=soak.failpoints_met(),
             fault_log=soak.fault_log,
             servers_back=[f"{what} {at.isoformat()}" for what, at in soak.evidence.back_at],
             cancel_blocked=soak.evidence.cancel_blocked,

@@ -67,11 +67,12 @@ def seen_key(app_name: str) -> str:
 
 
 def describe_failure(failure: Mapping[str, Any]) -> str:
-    """``not-primary``, ``close``, ``write-concern`` or what else the reply or the
-    client's error says. (With retryable writes, pymongo reports a write whose reply
+    """``not-primary``, ``step-down``, ``close``, ``write-concern`` or what else the reply
+    or the client's error says. (With retryable writes, pymongo reports a write whose reply
     carried a retryable ``writeConcernError`` as a failed command, with that error.)"""
     if failure.get("code") == 10107:
-        return "not-primary"
+        # A refusal the fail point injected says so; a stepped-down server's does not.
+        return "not-primary" if "failCommand" in str(failure.get("errmsg")) else "step-down"
     if failure.get("code") == 91 or "writeConcernError" in failure:
         return "write-concern"
     if failure.get("errtype") == "AutoReconnect" and "closed" in str(failure.get("errmsg")):
@@ -93,7 +94,9 @@ class FaultRecorder(monitoring.CommandListener):
         import redis
 
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.redis_url)
+            self._redis = redis.Redis.from_url(
+                self.redis_url, socket_timeout=2, socket_connect_timeout=1
+            )
         self._redis.rpush(seen_key(self.app_name), line)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
