@@ -229,7 +229,7 @@ def fail(
         proc.on_fail()
     except Exception as hook_exc:
         logger.exception("on_fail hook of %s(%s) failed", type(proc).__name__, proc.pk)
-        errors.append(f"on_fail hook failed: {type(hook_exc).__name__}: {hook_exc}")
+        errors.append(f"on_fail hook failed: {describe(hook_exc)}")
     message = f"Process {proc.current_process} failed: {'; '.join(errors)}"
     return _write(proc, ProcessStatus.FAILURE, message, errors)
 

@@ -9,6 +9,11 @@ Each write declares the edges of :data:`procstatus.status.LEGAL_TRANSITIONS` it 
 (:func:`performs`); its filter accepts only those edges' source states, so the table is
 enforced by the writes themselves and a test checks that both say the same.
 
+Every text a write stores — a step, a status message, an error, a warning — is cut to
+:data:`procstatus.text.MAX_TEXT_BYTES`, and ``errors`` and ``warnings`` keep their last
+:data:`MAX_LIST_ENTRIES` entries (``$push`` with ``$each`` and ``$slice``, in the same
+command), so nothing a process writes can push its document past MongoDB's 16 MB limit.
+
 This module knows collections and primary keys, not Documents, and imports no Celery.
 """
 
@@ -30,6 +35,10 @@ from procstatus.status import (
     ProcessStatus,
     values,
 )
+from procstatus.text import cut
+
+MAX_LIST_ENTRIES = 100
+"""The most entries ``errors`` and ``warnings`` keep: the last ones pushed."""
 
 STATE_FIELDS: tuple[str, ...] = (
     "process_status",
@@ -59,6 +68,14 @@ _QUEUE_HEAD = "call_queue.0"
 # None also matches a missing field: a document saved before its class became a Proc.
 _SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
 _PROJECTION = {name: 1 for name in STATE_FIELDS}
+
+
+def _capped_push(field: str, entries: Sequence[str]) -> dict[str, Any]:
+    """The ``$push`` of ``entries`` to ``field`` (``errors``/``warnings``), each cut, the
+    list keeping its last :data:`MAX_LIST_ENTRIES` entries."""
+    # Only the entries that can survive the $slice are sent, so the command stays small too.
+    kept = [cut(entry) for entry in list(entries)[-MAX_LIST_ENTRIES:]]
+    return {field: {"$each": kept, "$slice": -MAX_LIST_ENTRIES}}
 
 
 _S = ProcessStatus
@@ -114,7 +131,7 @@ def _pending_fields(
         "current_process_step": None,
         "errors": [],
         "warnings": [],
-        "last_status_message": f"Process {process} pending",
+        "last_status_message": cut(f"Process {process} pending"),
         "start_time": None,
         "complete_time": None,
         "status_changed_at": utcnow(),
@@ -239,10 +256,10 @@ def reclaim(
             "$set": {
                 "start_time": moment,
                 "status_changed_at": moment,
-                "last_status_message": f"Process restarted: {reason}",
+                "last_status_message": cut(f"Process restarted: {reason}"),
                 **worker.fields(),
             },
-            "$push": {"warnings": f"restarted after {reason}"},
+            "$push": _capped_push("warnings", [f"restarted after {reason}"]),
         },
         return_document=ReturnDocument.AFTER,
     )
@@ -268,11 +285,11 @@ def back_to_pending(
         {
             "$set": {
                 "process_status": ProcessStatus.PENDING.value,
-                "last_status_message": message,
+                "last_status_message": cut(message),
                 "status_changed_at": utcnow(),
                 "celery_task_id": new_task_id or task_id,
             },
-            "$push": {"warnings": warning},
+            "$push": _capped_push("warnings", [warning]),
         },
     )
     return result.modified_count == 1
@@ -303,7 +320,7 @@ def complete(
     moment = utcnow()
     fields: dict[str, Any] = {
         "process_status": status.value,
-        "last_status_message": message,
+        "last_status_message": cut(message),
         "status_changed_at": moment,
     }
     if status in COMPLETED:
@@ -313,7 +330,7 @@ def complete(
     fields.update(progress or {})
     update: dict[str, Any] = {"$set": fields}
     if errors:
-        update["$push"] = {"errors": {"$each": list(errors)}}
+        update["$push"] = _capped_push("errors", errors)
     result = collection.update_one(
         {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
         update,
@@ -345,7 +362,7 @@ def fail_run(
     moment = utcnow()
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
-        "last_status_message": f"Process {process} failed: {error}",
+        "last_status_message": cut(f"Process {process} failed: {error}"),
         "complete_time": moment,
         "status_changed_at": moment,
     }
@@ -358,7 +375,7 @@ def fail_run(
             "celery_task_id": task_id,
             "current_process": process,
         },
-        {"$set": fields, "$push": {"errors": error}},
+        {"$set": fields, "$push": _capped_push("errors", [error])},
     )
     return result.modified_count == 1
 
@@ -406,7 +423,7 @@ def abandon_join(collection: Collection, pk: Any, task_id: str, *, warning: str)
                 "status_changed_at": utcnow(),
                 "joining": False,
             },
-            "$push": {"warnings": warning},
+            "$push": _capped_push("warnings", [warning]),
         },
     )
     return result.modified_count == 1
@@ -447,7 +464,8 @@ def set_step(
     """
     result = collection.update_one(
         {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
-        {"$set": {"current_process_step": step, **_progress_fields(progress)}},
+        {"$set": {"current_process_step": None if step is None else cut(step),
+                  **_progress_fields(progress)}},
     )
     return result.matched_count == 1
 
@@ -517,7 +535,7 @@ def add_warnings(
 
     ``progress`` is written in the same command, as with :func:`set_step`.
     """
-    update: dict[str, Any] = {"$push": {"warnings": {"$each": list(messages)}}}
+    update: dict[str, Any] = {"$push": _capped_push("warnings", messages)}
     if progress:
         update["$set"] = _progress_fields(progress)
     result = collection.update_one(
