@@ -36,6 +36,7 @@ from procstatus.failures import describe, describe_failure, failure_messages
 from procstatus.messages import JoinCall, ProcessCall
 from procstatus.spec import process_spec
 from procstatus.status import ProcessStatus
+from procstatus.text import cut
 from procstatus.transitions import WorkerRef
 
 logger = logging.getLogger("procstatus")
@@ -258,7 +259,8 @@ def _write(
                 state.get("celery_task_id"),
             )
         return None
-    proc._set_state({"process_status": status, "last_status_message": message})
+    # As stored: the write cut the message (see procstatus.transitions).
+    proc._set_state({"process_status": status, "last_status_message": cut(message)})
     return status
 
 

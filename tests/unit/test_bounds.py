@@ -210,9 +210,9 @@ def test_every_status_field_at_its_bound_leaves_room_for_the_users_fields():
     """The worst case procstatus itself can store: every text and list at its bound, the
     largest arguments and a full call queue."""
     text = "€" * MAX_TEXT_BYTES  # 3 bytes each: cut to the limit
-    largest = "a" * (MAX_ARGUMENT_BYTES - len(json.dumps([[""], {}])))
-    check_arguments("X.m", [largest], {})
-    arguments = {"args": [largest], "kwargs": {}}
+    arguments = {"args": ["a" * (MAX_STORED_ARGUMENT_BYTES - 40)], "kwargs": {}}
+    assert MAX_STORED_ARGUMENT_BYTES - 40 < len(bson.encode(arguments)) <= (
+        MAX_STORED_ARGUMENT_BYTES)  # the largest arguments a document may store
     worst = {
         "current_process_step": cut(text),
         "last_status_message": cut(text),
