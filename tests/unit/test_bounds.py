@@ -17,6 +17,7 @@ import bson
 import mongoengine
 import pytest
 from bson import ObjectId
+from pymongo.errors import WriteConcernError
 
 from procstatus import CallQueueFull, Proc, ProcessStatus, process, sweeper, transitions
 from procstatus.callqueue import MAX_QUEUED_CALLS
@@ -24,6 +25,7 @@ from procstatus.failures import describe, failure_messages
 from procstatus.spec import MAX_ARGUMENT_BYTES, MAX_STORED_ARGUMENT_BYTES, check_arguments
 from procstatus.text import MAX_TEXT_BYTES, cut
 from procstatus.transitions import MAX_LIST_ENTRIES
+from tests.unit.compat import at
 
 S = ProcessStatus
 KIB = 1024
@@ -145,7 +147,7 @@ HUGE = "h" * (17 * MIB)
 def test_many_huge_warnings_keep_the_last_100_each_cut(coll):
     doc = insert(coll, S.RUNNING)
     messages = [f"new {n}: {'w' * 100 * KIB}" for n in range(150)]
-    assert transitions.add_warnings(coll, doc["_id"], "task-1", messages)
+    assert transitions.add_warnings(at(coll, doc["_id"]), "task-1", messages)
     after = stored(coll, doc["_id"])
     assert [w.partition(":")[0] for w in after["warnings"]] == [f"new {n}" for n in range(50, 150)]
     assert_bounded(after)
@@ -154,8 +156,8 @@ def test_many_huge_warnings_keep_the_last_100_each_cut(coll):
 
 def test_a_single_17_mib_warning_and_step_are_cut(coll):
     doc = insert(coll, S.RUNNING)
-    assert transitions.add_warnings(coll, doc["_id"], "task-1", [HUGE])
-    assert transitions.set_step(coll, doc["_id"], "task-1", HUGE)
+    assert transitions.add_warnings(at(coll, doc["_id"]), "task-1", [HUGE])
+    assert transitions.set_step(at(coll, doc["_id"]), "task-1", HUGE)
     after = stored(coll, doc["_id"])
     assert after["warnings"][-1].startswith("hhh") and after["warnings"][0] == "old warning 1"
     assert after["current_process_step"].startswith("hhh")
@@ -165,7 +167,7 @@ def test_a_single_17_mib_warning_and_step_are_cut(coll):
 def test_a_failure_with_300_messages_of_100_kib_keeps_the_last_100(coll):
     doc = insert(coll, S.RUNNING, errors=[])
     errors = [f"error {n}: {'e' * 100 * KIB}" for n in range(300)]  # 30 MiB
-    assert transitions.complete(coll, doc["_id"], "task-1", S.FAILURE,
+    assert transitions.complete(at(coll, doc["_id"]), "task-1", S.FAILURE,
                                 message="; ".join(errors), errors=errors)
     after = stored(coll, doc["_id"])
     assert after["process_status"] == "FAILURE"
@@ -176,21 +178,21 @@ def test_a_failure_with_300_messages_of_100_kib_keeps_the_last_100(coll):
 
 
 def _fail_run(coll, pk):
-    return transitions.fail_run(coll, pk, "task-1", "crunch", HUGE)
+    return transitions.fail_run(at(coll, pk), "task-1", "crunch", HUGE)
 
 
 def _back_to_pending(coll, pk):
-    return transitions.back_to_pending(coll, pk, "task-1", message=HUGE, warning=HUGE)
+    return transitions.back_to_pending(at(coll, pk), "task-1", message=HUGE, warning=HUGE)
 
 
 def _reclaim(coll, pk):
     lost = {"worker_instance": "w-1", "worker_pid": 11}
-    return transitions.reclaim(coll, pk, "task-1", lost, transitions.WorkerRef("h", "w-2", 12),
+    return transitions.reclaim(at(coll, pk), "task-1", lost, transitions.WorkerRef("h", "w-2", 12),
                                HUGE)
 
 
 def _abandon_join(coll, pk):
-    return transitions.abandon_join(coll, pk, "task-1", warning=HUGE)
+    return transitions.abandon_join(at(coll, pk), "task-1", warning=HUGE)
 
 
 @pytest.mark.parametrize("write", [_fail_run, _back_to_pending, _reclaim, _abandon_join],
@@ -204,6 +206,42 @@ def test_every_write_that_pushes_keeps_the_last_100_and_cuts_its_texts(coll, wri
     assert after[pushed][0].endswith(" 1")  # the oldest went
     assert HUGE[:100] in after[pushed][-1]
     assert_bounded(after)
+
+
+class LandsThenRaises:
+    """A collection whose updates land, then report a lost write concern (ambiguous)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.name = real.name
+
+    def update_one(self, *args: Any, **kwargs: Any) -> None:
+        self.real.update_one(*args, **kwargs)
+        raise WriteConcernError("waiting for replication timed out", 64, {})
+
+    def find_one(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real.find_one(*args, **kwargs)
+
+
+AMBIGUOUS_WRITES = {
+    "fail_run": lambda t: transitions.fail_run(t, "task-1", "crunch", HUGE),
+    "complete": lambda t: transitions.complete(t, "task-1", S.FAILURE, message=HUGE,
+                                               errors=[HUGE] * 150),
+    "back_to_pending": lambda t: transitions.back_to_pending(t, "task-1", message=HUGE,
+                                                             warning=HUGE),
+    "set_step": lambda t: transitions.set_step(t, "task-1", HUGE),
+    "add_warnings": lambda t: transitions.add_warnings(t, "task-1", [HUGE] * 150),
+}
+
+
+@pytest.mark.parametrize("name", AMBIGUOUS_WRITES)
+def test_an_ambiguous_write_of_a_cut_text_is_known_to_have_landed(coll, name):
+    """After an ambiguous error the write re-reads the document: it must recognise its
+    texts as stored, cut, or it would take a write that landed for one that did not."""
+    doc = insert(coll, S.RUNNING)
+    target = transitions.Target(LandsThenRaises(coll), {"_id": doc["_id"]})
+    assert AMBIGUOUS_WRITES[name](target) is True
+    assert_bounded(stored(coll, doc["_id"]))
 
 
 def test_every_status_field_at_its_bound_leaves_room_for_the_users_fields():
