@@ -96,8 +96,8 @@ class SweepReport:
     workers_gone: int = 0
     """Heartbeats newly marked stopped."""
     write_failed: list[str] = field(default_factory=list)
-    """Documents the pass could not act on because a write raised; left as they were
-    (the error is logged), tried again by the next pass."""
+    """Documents the pass could not act on because acting on them raised (a write MongoDB
+    refused, say); left as they were (the error is logged), tried again by the next pass."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
