@@ -9,6 +9,11 @@ Each write declares the edges of :data:`procstatus.status.LEGAL_TRANSITIONS` it 
 (:func:`performs`); its filter accepts only those edges' source states, so the table is
 enforced by the writes themselves and a test checks that both say the same.
 
+Every moment written here (``start_time``, ``status_changed_at``, ``complete_time``) is
+the server's time of the write, ``$currentDate`` in the same command
+(:func:`procstatus.clock.server_time`): the liveness checks compare these with heartbeats
+written by other hosts, whose clocks may disagree with this one's.
+
 This module knows collections and primary keys, not Documents, and imports no Celery.
 """
 
@@ -21,7 +26,7 @@ from typing import Any, TypeVar
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
-from procstatus.clock import utcnow
+from procstatus.clock import server_time
 from procstatus.status import (
     COMPLETED,
     LEGAL_TRANSITIONS,
@@ -98,16 +103,24 @@ def schedule(
     """
     return collection.find_one_and_update(
         {"_id": pk, "process_status": {"$in": _SCHEDULABLE}, _QUEUE_HEAD: {"$exists": False}},
-        {"$set": _pending_fields(process, task_id, arguments)},
+        _pending_update(process, task_id, arguments),
         projection=_PROJECTION,
         return_document=ReturnDocument.BEFORE,
     )
 
 
+def _pending_update(
+    process: str, task_id: str, arguments: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The update of a newly scheduled run: PENDING since the server's now, and nothing
+    left of the last run."""
+    return {"$set": _pending_fields(process, task_id, arguments),
+            **server_time("status_changed_at")}
+
+
 def _pending_fields(
     process: str, task_id: str, arguments: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """The fields of a newly scheduled run: PENDING, and nothing left of the last run."""
     return {
         "process_status": ProcessStatus.PENDING.value,
         "current_process": process,
@@ -117,7 +130,6 @@ def _pending_fields(
         "last_status_message": f"Process {process} pending",
         "start_time": None,
         "complete_time": None,
-        "status_changed_at": utcnow(),
         "worker_hostname": None,
         "worker_instance": None,
         "worker_pid": None,
@@ -166,7 +178,7 @@ def schedule_next(
     """
     result = collection.update_one(
         {"_id": pk, "process_status": {"$in": _SCHEDULABLE}, "call_queue.0.id": head_id},
-        {"$set": _pending_fields(process, task_id, arguments), "$pop": {"call_queue": -1}},
+        {**_pending_update(process, task_id, arguments), "$pop": {"call_queue": -1}},
     )
     return result.modified_count == 1
 
@@ -197,16 +209,11 @@ def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> d
     ``None`` means the claim was lost: the document is gone, was cancelled, already ran
     (a duplicate delivery) or belongs to a newer task.
     """
-    moment = utcnow()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
         {
-            "$set": {
-                "process_status": ProcessStatus.RUNNING.value,
-                "start_time": moment,
-                "status_changed_at": moment,
-                **worker.fields(),
-            }
+            "$set": {"process_status": ProcessStatus.RUNNING.value, **worker.fields()},
+            **server_time("start_time", "status_changed_at"),
         },
         return_document=ReturnDocument.AFTER,
     )
@@ -226,7 +233,6 @@ def reclaim(
     Conditional on the lost run's task id, worker instance and pid, so of several
     redeliveries exactly one takes over. Returns the document after the write.
     """
-    moment = utcnow()
     return collection.find_one_and_update(
         {
             "_id": pk,
@@ -236,12 +242,8 @@ def reclaim(
             "worker_pid": lost.get("worker_pid"),
         },
         {
-            "$set": {
-                "start_time": moment,
-                "status_changed_at": moment,
-                "last_status_message": f"Process restarted: {reason}",
-                **worker.fields(),
-            },
+            "$set": {"last_status_message": f"Process restarted: {reason}", **worker.fields()},
+            **server_time("start_time", "status_changed_at"),
             "$push": {"warnings": f"restarted after {reason}"},
         },
         return_document=ReturnDocument.AFTER,
@@ -269,9 +271,9 @@ def back_to_pending(
             "$set": {
                 "process_status": ProcessStatus.PENDING.value,
                 "last_status_message": message,
-                "status_changed_at": utcnow(),
                 "celery_task_id": new_task_id or task_id,
             },
+            **server_time("status_changed_at"),
             "$push": {"warnings": warning},
         },
     )
@@ -300,18 +302,13 @@ def complete(
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
-    moment = utcnow()
-    fields: dict[str, Any] = {
-        "process_status": status.value,
-        "last_status_message": message,
-        "status_changed_at": moment,
-    }
-    if status in COMPLETED:
-        fields["complete_time"] = moment
+    fields: dict[str, Any] = {"process_status": status.value, "last_status_message": message}
     if clear_queue and status is ProcessStatus.FAILURE:
         fields["call_queue"] = []
     fields.update(progress or {})
-    update: dict[str, Any] = {"$set": fields}
+    stamped = ("status_changed_at", "complete_time") if status in COMPLETED else (
+        "status_changed_at",)
+    update: dict[str, Any] = {"$set": fields, **server_time(*stamped)}
     if errors:
         update["$push"] = {"errors": {"$each": list(errors)}}
     result = collection.update_one(
@@ -342,12 +339,9 @@ def fail_run(
     """
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
-    moment = utcnow()
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
         "last_status_message": f"Process {process} failed: {error}",
-        "complete_time": moment,
-        "status_changed_at": moment,
     }
     if clear_queue:
         fields["call_queue"] = []
@@ -358,7 +352,8 @@ def fail_run(
             "celery_task_id": task_id,
             "current_process": process,
         },
-        {"$set": fields, "$push": {"errors": error}},
+        {"$set": fields, **server_time("complete_time", "status_changed_at"),
+         "$push": {"errors": error}},
     )
     return result.modified_count == 1
 
@@ -372,18 +367,17 @@ def begin_join(
     ``celery_task_id`` and the worker fields then name the join task, so the liveness
     checks see who runs the join, and a second join task for the same wait loses.
     """
-    moment = utcnow()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": ProcessStatus.WAITING_FOR_RESULT.value},
         {
             "$set": {
                 "process_status": ProcessStatus.RUNNING.value,
                 "last_status_message": "Joining results",
-                "status_changed_at": moment,
                 "celery_task_id": task_id,
                 "joining": True,
                 **worker.fields(),
-            }
+            },
+            **server_time("status_changed_at"),
         },
         return_document=ReturnDocument.AFTER,
     )
@@ -403,9 +397,9 @@ def abandon_join(collection: Collection, pk: Any, task_id: str, *, warning: str)
             "$set": {
                 "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
                 "last_status_message": "Waiting for the join task to be delivered again",
-                "status_changed_at": utcnow(),
                 "joining": False,
             },
+            **server_time("status_changed_at"),
             "$push": {"warnings": warning},
         },
     )
@@ -483,7 +477,6 @@ def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | Non
     already READY, or (without ``force``) processing.
     """
     allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
-    moment = utcnow()
     return collection.find_one_and_update(
         {"_id": pk, "process_status": {"$in": [*allowed, None]}},
         {
@@ -493,12 +486,12 @@ def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | Non
                 "errors": [],
                 "warnings": [],
                 "last_status_message": "Reset to READY by an operator",
-                "status_changed_at": moment,
                 "celery_task_id": None,
                 "joining": False,
                 "progress_done": None,
                 "progress_total": None,
-            }
+            },
+            **server_time("status_changed_at"),
         },
         projection=_PROJECTION,
         return_document=ReturnDocument.BEFORE,
