@@ -79,11 +79,11 @@ def end_run(
     Returns what it did, or ``None`` when the run had already ended or moved on (the
     write was conditional and matched nothing).
     """
-    collection = run.cls._get_collection()
+    target = run.cls._state_target(run.pk)
     if send_again is not None:
         new_id = messages.new_task_id()
         moved = transitions.back_to_pending(
-            collection, run.pk, run.task_id or "", new_task_id=new_id,
+            target, run.task_id or "", new_task_id=new_id,
             message=f"Process {run.process} pending again: {error}",
             warning=f"sent again after {error}",
         )
@@ -104,7 +104,7 @@ def end_run(
             return Ending.SENT_AGAIN
     spec = process_spec(run.cls, run.process or "")
     if not transitions.fail_run(
-        collection, run.pk, run.task_id, run.process, error, statuses,
+        target, run.task_id, run.process, error, statuses,
         clear_queue=spec is None or spec.clear_queue_on_failure,
     ):
         return None
@@ -176,7 +176,7 @@ def await_redelivery(run: RunRef, error: str) -> bool:
     died before its claim, so it is still PENDING, or it had already moved on).
     """
     moved = transitions.back_to_pending(
-        run.cls._get_collection(), run.pk, run.task_id or "",
+        run.cls._state_target(run.pk), run.task_id or "",
         message=f"Process {run.process} pending again: {error}; the broker delivers it again",
         warning=f"restarted after {error}",
     )
@@ -193,7 +193,7 @@ def await_join_redelivery(cls: type[ProcDocument], pk: Any, task_id: str, error:
     ``False`` when that join task no longer runs the parent (it never began, or ended).
     """
     moved = transitions.abandon_join(
-        cls._get_collection(), pk, task_id, warning=f"join restarted after {error}"
+        cls._state_target(pk), task_id, warning=f"join restarted after {error}"
     )
     if moved:
         logger.warning("%s(%s): join lost (%s); waiting for the broker to deliver it again",
@@ -207,7 +207,7 @@ def cancel(proc: ProcDocument, *, terminate: bool = False) -> bool:
     The status is written first; the task is revoked after (killed with ``terminate``).
     A cancelled child's parent is told at once, like any other ending.
     """
-    state = transitions.read_state(proc._get_collection(), proc.pk)
+    state = transitions.read_state(proc._target())
     if state is None:
         raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
     status = state.get("process_status")

@@ -39,6 +39,7 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
+from pymongo.write_concern import WriteConcern
 
 from procstatus import (
     connection,
@@ -221,7 +222,7 @@ def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> 
 
 
 def _end_lost_join(call: messages.JoinCall, task_id: str, exception: BaseException) -> None:
-    state = transitions.read_state(call.cls._get_collection(), call.pk)
+    state = transitions.read_state(call.cls._state_target(call.pk))
     if state is None or state.get("celery_task_id") != task_id:
         return  # the join never began, so the parent still waits: nothing to end
     spec = process_spec(call.cls, state.get("current_process") or "")
@@ -317,6 +318,7 @@ def install(
     heartbeat_interval: float = runtime.DEFAULT_HEARTBEAT_INTERVAL,
     heartbeat_threshold: float | None = None,
     progress_interval: float = runtime.DEFAULT_PROGRESS_INTERVAL,
+    write_concern: WriteConcern | None = None,
 ) -> Task:
     """Register the generic tasks on ``celery_app`` and connect the signal hooks.
 
@@ -329,6 +331,11 @@ def install(
     - ``progress_interval``: the fewest seconds between two ``set_progress()`` writes of
       one run; a value held back is written within one interval (with the next step or
       warning, else by a trailing write) and always with the run's end.
+    - ``write_concern``: of every status write, whatever the URI says; by default
+      ``w="majority"`` (with a 10 s ``wtimeout``), so that no acknowledged status is rolled
+      back at a replica-set failover. Pass less only knowing that cost.
+
+    It logs a warning when the connection has ``retryWrites=false``.
 
     Calling it again is harmless: hooks are connected once. Returns the generic task.
     """
@@ -365,5 +372,7 @@ def install(
         heartbeat_interval=heartbeat_interval,
         heartbeat_threshold=heartbeat_threshold or 3 * heartbeat_interval,
         progress_interval=progress_interval,
+        write_concern=write_concern or runtime.majority(),
     )
+    connection.warn_if_writes_not_retried(mongodb_alias)
     return task

@@ -12,10 +12,11 @@ settings stay Celery-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mongoengine import DEFAULT_CONNECTION_NAME
+from pymongo.write_concern import WriteConcern
 
 from procstatus.errors import NotInstalled
 
@@ -26,6 +27,15 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 """Seconds between two heartbeats of a worker."""
 DEFAULT_PROGRESS_INTERVAL = 0.5
 """The fewest seconds between two ``set_progress()`` writes of one run."""
+DEFAULT_WRITE_CONCERN_TIMEOUT_MS = 10_000
+"""How long a status write waits for a majority of a replica set before it is reported as
+applied but unconfirmed (a ``WriteConcernError``, which procstatus reads as applied)."""
+
+
+def majority() -> WriteConcern:
+    """procstatus's default write concern: acknowledged by a majority of the replica set,
+    so that no acknowledged status is rolled back at a failover."""
+    return WriteConcern(w="majority", wtimeout=DEFAULT_WRITE_CONCERN_TIMEOUT_MS)
 
 
 @dataclass
@@ -42,6 +52,8 @@ class Runtime:
     heartbeat_threshold: float = 3 * DEFAULT_HEARTBEAT_INTERVAL
     """A worker silent for longer than this is suspected, then gone."""
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    write_concern: WriteConcern = field(default_factory=majority)
+    """The write concern of every procstatus write, whatever the connection's URI says."""
 
     def run(self, needed_for: str) -> Task:
         """The run task; :class:`NotInstalled`, naming ``needed_for``, before ``install()``."""

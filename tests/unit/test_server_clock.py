@@ -130,35 +130,36 @@ def test_every_status_write_stamps_the_servers_time_in_one_command(recorded, far
     coll, recorder = recorded
     pk = ObjectId()
     coll.insert_one({"_id": pk, "process_status": "READY", "errors": [], "warnings": []})
+    t = transitions.target(coll, pk)
     worker = WorkerRef(hostname="w@host", instance="w1", pid=1)
     steps: list[tuple[str, Any, tuple[str, ...]]] = [
-        ("schedule", lambda: transitions.schedule(coll, pk, "crunch", "t1"),
+        ("schedule", lambda: transitions.schedule(t, "crunch", "t1"),
          ("status_changed_at",)),
-        ("start", lambda: transitions.start(coll, pk, "t1", worker),
+        ("start", lambda: transitions.start(t, "t1", worker),
          ("start_time", "status_changed_at")),
         ("back_to_pending", lambda: transitions.back_to_pending(
-            coll, pk, "t1", message="retry", warning="retry 1"), ("status_changed_at",)),
-        ("start", lambda: transitions.start(coll, pk, "t1", worker),
+            t, "t1", message="retry", warning="retry 1"), ("status_changed_at",)),
+        ("start", lambda: transitions.start(t, "t1", worker),
          ("start_time", "status_changed_at")),
         ("reclaim", lambda: transitions.reclaim(
-            coll, pk, "t1", {"worker_instance": "w1", "worker_pid": 1},
+            t, "t1", {"worker_instance": "w1", "worker_pid": 1},
             WorkerRef(hostname="w2@host", instance="w2", pid=2), "lost"),
          ("start_time", "status_changed_at")),
         ("complete", lambda: transitions.complete(
-            coll, pk, "t1", S.WAITING_FOR_RESULT, message="waiting"), ("status_changed_at",)),
-        ("begin_join", lambda: transitions.begin_join(coll, pk, "j1", worker),
+            t, "t1", S.WAITING_FOR_RESULT, message="waiting"), ("status_changed_at",)),
+        ("begin_join", lambda: transitions.begin_join(t, "j1", worker),
          ("status_changed_at",)),
-        ("abandon_join", lambda: transitions.abandon_join(coll, pk, "j1", warning="lost"),
+        ("abandon_join", lambda: transitions.abandon_join(t, "j1", warning="lost"),
          ("status_changed_at",)),
-        ("begin_join", lambda: transitions.begin_join(coll, pk, "j2", worker),
+        ("begin_join", lambda: transitions.begin_join(t, "j2", worker),
          ("status_changed_at",)),
-        ("complete", lambda: transitions.complete(coll, pk, "j2", S.SUCCESS, message="done"),
+        ("complete", lambda: transitions.complete(t, "j2", S.SUCCESS, message="done"),
          ("status_changed_at", "complete_time")),
-        ("schedule", lambda: transitions.schedule(coll, pk, "crunch", "t2"),
+        ("schedule", lambda: transitions.schedule(t, "crunch", "t2"),
          ("status_changed_at",)),
-        ("fail_run", lambda: transitions.fail_run(coll, pk, "t2", "crunch", "cancelled"),
+        ("fail_run", lambda: transitions.fail_run(t, "t2", "crunch", "cancelled"),
          ("status_changed_at", "complete_time")),
-        ("reset", lambda: transitions.reset(coll, pk), ("status_changed_at",)),
+        ("reset", lambda: transitions.reset(t), ("status_changed_at",)),
     ]
     for name, write, stamped in steps:
         # Move the stored times far away first, so each step must write its own.
@@ -180,7 +181,8 @@ def test_the_next_queued_call_is_scheduled_at_the_servers_time(coll, far_off):
     pk = ObjectId()
     coll.insert_one({"_id": pk, "process_status": "SUCCESS", "errors": [], "warnings": [],
                      "call_queue": [{"id": "q1", "process": "crunch", "args": [], "kwargs": {}}]})
-    assert transitions.schedule_next(coll, pk, "q1", "crunch", "t3", {"args": [], "kwargs": {}})
+    assert transitions.schedule_next(transitions.target(coll, pk), "q1", "crunch", "t3",
+                                     {"args": [], "kwargs": {}})
     assert close_to_server(coll.find_one({"_id": pk})["status_changed_at"], coll.database)
 
 
@@ -205,13 +207,13 @@ def _running_on(instance: str, clock: LocalClock, offset: timedelta) -> tuple[Un
     """A run claimed, and its worker beating, on a host whose clock is ``offset`` off."""
     clock.offset = offset
     job = UnitJob.create(name=f"on {instance}")
-    coll = job._get_collection()
+    t = transitions.target(job._get_collection(), job.pk)
     task_id = f"task-{ObjectId()}"
-    assert transitions.schedule(coll, job.pk, "noop", task_id) is not None
-    assert transitions.start(coll, job.pk, task_id,
+    assert transitions.schedule(t, "noop", task_id) is not None
+    assert transitions.start(t, task_id,
                              WorkerRef(hostname=f"{instance}@host", instance=instance, pid=1))
     beat_as(instance, [task_id])
-    return job, transitions.read_state(coll, job.pk) or {}
+    return job, transitions.read_state(t) or {}
 
 
 def beat_as(instance: str, active: list[str]) -> None:
@@ -268,7 +270,8 @@ def test_the_sweeper_spares_a_live_worker_whose_clock_is_behind(local_clock):
 def test_a_pending_run_called_from_a_host_behind_is_not_taken_for_never_started(local_clock):
     local_clock.offset = -timedelta(hours=2)
     job = UnitJob.create(name="called from behind")
-    assert transitions.schedule(job._get_collection(), job.pk, "noop", "t-pending") is not None
+    t = transitions.target(job._get_collection(), job.pk)
+    assert transitions.schedule(t, "noop", "t-pending") is not None
     local_clock.offset = timedelta(0)
     report = sweeper.sweep(threshold=30.0, classes=[UnitJob], pending_timeout=3600)
     assert f"UnitJob({job.pk})" not in report.never_started
