@@ -28,6 +28,17 @@ write does at a failover, for a connection with ``retryWrites=false`` or a refus
 server did not label retryable. A write cut by a dropped connection is not sent again:
 it may still land after the re-read, and only the server's retryable writes can tell.
 
+Every moment written here (``start_time``, ``status_changed_at``, ``complete_time``) is
+the server's time of the write, ``$currentDate`` in the same command
+(:func:`procstatus.clock.server_time`): the liveness checks compare these with heartbeats
+written by other hosts, whose clocks may disagree with this one's.
+
+Every text a write stores — a step, a status message, an error, a warning — is cut to
+:data:`procstatus.text.MAX_TEXT_BYTES`, and ``errors`` and ``warnings`` keep their last
+:data:`MAX_LIST_ENTRIES` entries (``$push`` with ``$each`` and ``$slice``, in the same
+command), so nothing a process writes can push its document past MongoDB's 16 MB limit.
+A ``landed`` test compares what was stored: the texts as cut.
+
 This module knows collections and keys, not Documents, and imports no Celery.
 """
 
@@ -43,7 +54,7 @@ from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, NotPrimaryError, PyMongoError, WriteConcernError
 
 from procstatus import connection
-from procstatus.clock import utcnow
+from procstatus.clock import server_time
 from procstatus.status import (
     COMPLETED,
     LEGAL_TRANSITIONS,
@@ -52,6 +63,10 @@ from procstatus.status import (
     ProcessStatus,
     values,
 )
+from procstatus.text import cut
+
+MAX_LIST_ENTRIES = 100
+"""The most entries ``errors`` and ``warnings`` keep: the last ones pushed."""
 
 STATE_FIELDS: tuple[str, ...] = (
     "process_status",
@@ -81,6 +96,18 @@ _QUEUE_HEAD = "call_queue.0"
 # None also matches a missing field: a document saved before its class became a Proc.
 _SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
 _PROJECTION = {name: 1 for name in STATE_FIELDS}
+
+
+def _bounded(entries: Sequence[str]) -> list[str]:
+    """``entries`` as a capped push stores them: the last :data:`MAX_LIST_ENTRIES`, each cut."""
+    # Only the entries that can survive the $slice are sent, so the command stays small too.
+    return [cut(entry) for entry in list(entries)[-MAX_LIST_ENTRIES:]]
+
+
+def _capped_push(field: str, entries: Sequence[str]) -> dict[str, Any]:
+    """The ``$push`` of ``entries`` to ``field`` (``errors``/``warnings``), each cut, the
+    list keeping its last :data:`MAX_LIST_ENTRIES` entries."""
+    return {field: {"$each": _bounded(entries), "$slice": -MAX_LIST_ENTRIES}}
 
 
 _S = ProcessStatus
@@ -276,7 +303,7 @@ def schedule(
     before = _find_and_update(
         target,
         {"process_status": {"$in": _SCHEDULABLE}, _QUEUE_HEAD: {"$exists": False}},
-        {"$set": _pending_fields(process, task_id, arguments)},
+        _pending_update(process, task_id, arguments),
         lambda state: _is(state, process_status=_S.PENDING.value, celery_task_id=task_id),
         before=True,
         projection=_PROJECTION,
@@ -286,20 +313,27 @@ def schedule(
     return before
 
 
+def _pending_update(
+    process: str, task_id: str, arguments: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The update of a newly scheduled run: PENDING since the server's now, and nothing
+    left of the last run."""
+    return {"$set": _pending_fields(process, task_id, arguments),
+            **server_time("status_changed_at")}
+
+
 def _pending_fields(
     process: str, task_id: str, arguments: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """The fields of a newly scheduled run: PENDING, and nothing left of the last run."""
     return {
         "process_status": ProcessStatus.PENDING.value,
         "current_process": process,
         "current_process_step": None,
         "errors": [],
         "warnings": [],
-        "last_status_message": f"Process {process} pending",
+        "last_status_message": cut(f"Process {process} pending"),
         "start_time": None,
         "complete_time": None,
-        "status_changed_at": utcnow(),
         "worker_hostname": None,
         "worker_instance": None,
         "worker_pid": None,
@@ -345,7 +379,7 @@ def schedule_next(
     return _update(
         target,
         {"process_status": {"$in": _SCHEDULABLE}, "call_queue.0.id": head_id},
-        {"$set": _pending_fields(process, task_id, arguments), "$pop": {"call_queue": -1}},
+        {**_pending_update(process, task_id, arguments), "$pop": {"call_queue": -1}},
         lambda state: _is(state, process_status=_S.PENDING.value, celery_task_id=task_id),
     )
 
@@ -377,17 +411,12 @@ def start(target: Target, task_id: str, worker: WorkerRef) -> dict | None:
     (a duplicate delivery) or belongs to a newer task. A document found RUNNING under this
     task id and this very worker process after an ambiguous write is this claim.
     """
-    moment = utcnow()
     return _find_and_update(
         target,
         {"process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
         {
-            "$set": {
-                "process_status": ProcessStatus.RUNNING.value,
-                "start_time": moment,
-                "status_changed_at": moment,
-                **worker.fields(),
-            }
+            "$set": {"process_status": ProcessStatus.RUNNING.value, **worker.fields()},
+            **server_time("start_time", "status_changed_at"),
         },
         lambda state: worker.claimed(state, task_id),
         before=False,
@@ -403,7 +432,6 @@ def reclaim(
     Conditional on the lost run's task id, worker instance and pid, so of several
     redeliveries exactly one takes over. Returns the document after the write.
     """
-    moment = utcnow()
     return _find_and_update(
         target,
         {
@@ -413,13 +441,10 @@ def reclaim(
             "worker_pid": lost.get("worker_pid"),
         },
         {
-            "$set": {
-                "start_time": moment,
-                "status_changed_at": moment,
-                "last_status_message": f"Process restarted: {reason}",
-                **worker.fields(),
-            },
-            "$push": {"warnings": f"restarted after {reason}"},
+            "$set": {"last_status_message": cut(f"Process restarted: {reason}"),
+                     **worker.fields()},
+            **server_time("start_time", "status_changed_at"),
+            "$push": _capped_push("warnings", [f"restarted after {reason}"]),
         },
         lambda state: worker.claimed(state, task_id),
         before=False,
@@ -441,6 +466,7 @@ def back_to_pending(
     without, Celery redelivers the same task id (a retry). ``warning`` keeps the history.
     """
     next_task_id = new_task_id or task_id
+    message = cut(message)
     return _update(
         target,
         {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
@@ -448,10 +474,10 @@ def back_to_pending(
             "$set": {
                 "process_status": ProcessStatus.PENDING.value,
                 "last_status_message": message,
-                "status_changed_at": utcnow(),
                 "celery_task_id": next_task_id,
             },
-            "$push": {"warnings": warning},
+            **server_time("status_changed_at"),
+            "$push": _capped_push("warnings", [warning]),
         },
         lambda state: _is(state, process_status=_S.PENDING.value,
                           celery_task_id=next_task_id, last_status_message=message),
@@ -479,20 +505,16 @@ def complete(
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
-    moment = utcnow()
-    fields: dict[str, Any] = {
-        "process_status": status.value,
-        "last_status_message": message,
-        "status_changed_at": moment,
-    }
-    if status in COMPLETED:
-        fields["complete_time"] = moment
+    message = cut(message)
+    fields: dict[str, Any] = {"process_status": status.value, "last_status_message": message}
     if clear_queue and status is ProcessStatus.FAILURE:
         fields["call_queue"] = []
     fields.update(progress or {})
-    update: dict[str, Any] = {"$set": fields}
+    stamped = ("status_changed_at", "complete_time") if status in COMPLETED else (
+        "status_changed_at",)
+    update: dict[str, Any] = {"$set": fields, **server_time(*stamped)}
     if errors:
-        update["$push"] = {"errors": {"$each": list(errors)}}
+        update["$push"] = _capped_push("errors", errors)
     return _update(
         target,
         {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
@@ -522,13 +544,10 @@ def fail_run(
     """
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
-    moment = utcnow()
-    message = f"Process {process} failed: {error}"
+    message = cut(f"Process {process} failed: {error}")
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
         "last_status_message": message,
-        "complete_time": moment,
-        "status_changed_at": moment,
     }
     if clear_queue:
         fields["call_queue"] = []
@@ -539,7 +558,8 @@ def fail_run(
             "celery_task_id": task_id,
             "current_process": process,
         },
-        {"$set": fields, "$push": {"errors": error}},
+        {"$set": fields, **server_time("complete_time", "status_changed_at"),
+         "$push": _capped_push("errors", [error])},
         lambda state: _is(state, process_status=_S.FAILURE.value, celery_task_id=task_id,
                           last_status_message=message),
     )
@@ -552,7 +572,6 @@ def begin_join(target: Target, task_id: str | None, worker: WorkerRef) -> dict |
     ``celery_task_id`` and the worker fields then name the join task, so the liveness
     checks see who runs the join, and a second join task for the same wait loses.
     """
-    moment = utcnow()
     return _find_and_update(
         target,
         {"process_status": ProcessStatus.WAITING_FOR_RESULT.value},
@@ -560,11 +579,11 @@ def begin_join(target: Target, task_id: str | None, worker: WorkerRef) -> dict |
             "$set": {
                 "process_status": ProcessStatus.RUNNING.value,
                 "last_status_message": "Joining results",
-                "status_changed_at": moment,
                 "celery_task_id": task_id,
                 "joining": True,
                 **worker.fields(),
-            }
+            },
+            **server_time("status_changed_at"),
         },
         lambda state: state.get("joining") is True and worker.claimed(state, task_id),
         before=False,
@@ -586,10 +605,10 @@ def abandon_join(target: Target, task_id: str, *, warning: str) -> bool:
             "$set": {
                 "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
                 "last_status_message": "Waiting for the join task to be delivered again",
-                "status_changed_at": utcnow(),
                 "joining": False,
             },
-            "$push": {"warnings": warning},
+            **server_time("status_changed_at"),
+            "$push": _capped_push("warnings", [warning]),
         },
         lambda state: _is(state, process_status=_S.WAITING_FOR_RESULT.value,
                           celery_task_id=task_id, joining=False),
@@ -635,6 +654,7 @@ def set_step(
     ``progress`` (``progress_done``/``progress_total``) is the run's progress held back by
     the throttle, written in the same command.
     """
+    step = None if step is None else cut(step)
     return _update(
         target,
         {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
@@ -678,7 +698,6 @@ def reset(target: Target, *, force: bool = False) -> dict | None:
     land, the state before is unknown and the state after is returned.
     """
     allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
-    moment = utcnow()
     return _find_and_update(
         target,
         {"process_status": {"$in": [*allowed, None]}},
@@ -689,12 +708,12 @@ def reset(target: Target, *, force: bool = False) -> dict | None:
                 "errors": [],
                 "warnings": [],
                 "last_status_message": _RESET_MESSAGE,
-                "status_changed_at": moment,
                 "celery_task_id": None,
                 "joining": False,
                 "progress_done": None,
                 "progress_total": None,
-            }
+            },
+            **server_time("status_changed_at"),
         },
         lambda state: _is(state, process_status=_S.READY.value,
                           last_status_message=_RESET_MESSAGE, celery_task_id=None),
@@ -717,8 +736,8 @@ def add_warnings(
 
     ``progress`` is written in the same command, as with :func:`set_step`.
     """
-    texts = list(messages)
-    update: dict[str, Any] = {"$push": {"warnings": {"$each": texts}}}
+    texts = _bounded(messages)
+    update: dict[str, Any] = {"$push": _capped_push("warnings", texts)}
     if progress:
         update["$set"] = _progress_fields(progress)
     return _update(

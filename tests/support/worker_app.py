@@ -55,6 +55,7 @@ def connect_outage_alias(**_: object) -> None:
         )
 
 
+import tests.support.bounds_models  # noqa: E402,F401
 import tests.support.models  # noqa: E402,F401  (the worker must know the Proc classes)
 
 # --- injected faults (only in workers started with these knobs) -----------------------
@@ -77,13 +78,13 @@ def _break_writes(spec: str) -> None:
         error = AutoReconnect if kind == "transient" else OperationFailure
         limit = int(times[0]) if times else None
 
-        def broken(coll, pk, *args, _original=original, _write=write, _collection=collection,
+        def broken(target, *args, _original=original, _write=write, _collection=collection,
                    _error=error, _limit=limit, **kwargs):  # type: ignore[no-untyped-def]
-            if coll.name == _collection:
-                count = redis_client().incr(f"procstatus-test:fault:{_write}:{pk}")
+            if target.collection.name == _collection:
+                count = redis_client().incr(f"procstatus-test:fault:{_write}:{target.pk}")
                 if _limit is None or count <= _limit:
                     raise _error(f"injected fault: {_write}")
-            return _original(coll, pk, *args, **kwargs)
+            return _original(target, *args, **kwargs)
 
         setattr(transitions, write, broken)
 
