@@ -26,6 +26,8 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 """Seconds between two heartbeats of a worker."""
 DEFAULT_PROGRESS_INTERVAL = 0.5
 """The fewest seconds between two ``set_progress()`` writes of one run."""
+DEFAULT_MAX_WORKER_LOSSES = 3
+"""How many times one run may lose its worker and still be tried again."""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Runtime:
     heartbeat_threshold: float = 3 * DEFAULT_HEARTBEAT_INTERVAL
     """A worker silent for longer than this is suspected, then gone."""
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    max_worker_losses: int = DEFAULT_MAX_WORKER_LOSSES
+    """The cap on lost workers per run, where ``@process(max_worker_losses=...)`` sets none."""
 
     def run(self, needed_for: str) -> Task:
         """The run task; :class:`NotInstalled`, naming ``needed_for``, before ``install()``."""
