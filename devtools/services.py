@@ -115,10 +115,24 @@ def secantus_python() -> Path:
     return python
 
 
+REPLICA_SET_NAME = "secantus"
+"""The replica-set name SecantusDB advertises when started without ``--standalone``."""
+
+
 def start_secantus(
-    log_dir: Path, *, port: int | None = None, storage_path: str = ":memory:"
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    storage_path: str = ":memory:",
+    replica_set: bool = False,
+    test_commands: bool = False,
 ) -> Service:
-    """Start SecantusDB through the test-support launcher on 127.0.0.1 and wait until it answers."""
+    """Start SecantusDB through the test-support launcher on 127.0.0.1 and wait until it answers.
+
+    ``replica_set``: advertise a single-node replica set (change streams, ``replSetStepDown``;
+    the service's URL then names it). ``test_commands``: enable ``configureFailPoint``
+    with ``failCommand``, as mongod's ``enableTestCommands`` does.
+    """
     port = port or free_port()
     log_path = log_dir / f"secantus-{port}.log"
     log = open(log_path, "ab")
@@ -129,14 +143,18 @@ def start_secantus(
             "--host", "127.0.0.1",
             "--port", str(port),
             "--storage-path", storage_path,
-            "--standalone",
+            *([] if replica_set else ["--standalone"]),
+            *(["--enable-test-commands"] if test_commands else []),
             "--log-level", "WARNING",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=str(log_dir),
     )
-    service = Service("secantus", process, log_path, f"mongodb://127.0.0.1:{port}", log)
+    url = f"mongodb://127.0.0.1:{port}"
+    if replica_set:
+        url += f"/?replicaSet={REPLICA_SET_NAME}"
+    service = Service("secantus", process, log_path, url, log)
 
     def ready() -> bool:
         if process.poll() is not None:

@@ -84,7 +84,7 @@ def wait_in_queue(proc: ProcDocument, spec: ProcessSpec, arguments: dict[str, An
     """Queue a call of ``spec`` on a busy ``proc``; :data:`Queueing.IDLE` if it is no longer
     busy. After :data:`Queueing.QUEUED`, the caller starts the queue's head in case the
     document went idle meanwhile."""
-    collection = proc._get_collection()
+    target = proc._target()
     entry = {
         "id": messages.new_task_id(),
         "process": spec.name,
@@ -92,11 +92,11 @@ def wait_in_queue(proc: ProcDocument, spec: ProcessSpec, arguments: dict[str, An
         "kwargs": arguments["kwargs"],
         "queued_at": utcnow(),
     }
-    if transitions.enqueue_call(collection, proc.pk, entry, MAX_QUEUED_CALLS):
+    if transitions.enqueue_call(target, entry, MAX_QUEUED_CALLS):
         logger.info("%s(%s).%s queued as %s", type(proc).__name__, proc.pk, spec.name,
                     entry["id"])
         return Queueing.QUEUED
-    state = transitions.read_state(collection, proc.pk)
+    state = transitions.read_state(target)
     if state is None:
         raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
     if len(state.get("call_queue") or ()) >= MAX_QUEUED_CALLS:
@@ -110,13 +110,11 @@ def wait_in_queue(proc: ProcDocument, spec: ProcessSpec, arguments: dict[str, An
 
 def dispatch_next(cls: type[ProcDocument], pk: Any) -> NextCall:
     """Schedule and publish the first waiting call of an idle ``cls(pk)``."""
-    collection = cls._get_collection()
-    idle_with_calls = {
-        "_id": pk,
-        "process_status": {"$in": values(SCHEDULABLE)},
-        "call_queue.0": {"$exists": True},
-    }
-    state = collection.find_one(idle_with_calls, {"call_queue": {"$slice": 1}})
+    target = cls._state_target(pk)
+    idle_with_calls = target.where(
+        {"process_status": {"$in": values(SCHEDULABLE)}, "call_queue.0": {"$exists": True}}
+    )
+    state = target.collection.find_one(idle_with_calls, {"call_queue": {"$slice": 1}})
     if state is None:
         return NextCall(NextCallOutcome.NOTHING)
     head = state["call_queue"][0]
@@ -126,7 +124,7 @@ def dispatch_next(cls: type[ProcDocument], pk: Any) -> NextCall:
     kwargs: dict[str, Any] = dict(head.get("kwargs") or {})
     arguments = {"args": args, "kwargs": kwargs}
     task_id = str(head["id"])
-    if not transitions.schedule_next(collection, pk, task_id, process, task_id, arguments):
+    if not transitions.schedule_next(target, task_id, process, task_id, arguments):
         return NextCall(NextCallOutcome.TAKEN)
     if spec is None:
         return NextCall(

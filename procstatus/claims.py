@@ -60,16 +60,16 @@ def claim(call: ProcessCall, task_id: str, worker: transitions.WorkerRef) -> Run
     to be lost (its pool process died, or its worker stopped beating); while that is
     unclear :class:`ClaimUndecided` asks Celery to deliver it again later.
     """
-    collection = call.cls._get_collection()
-    document = transitions.start(collection, call.pk, task_id, worker)
+    target = call.cls._state_target(call.pk)
+    document = transitions.start(target, task_id, worker)
     if document is None:
-        state = transitions.read_state(collection, call.pk)
+        state = transitions.read_state(target)
         if state is None:
             reason = "the document no longer exists"
         elif state.get("celery_task_id") != task_id:
             reason = f"it is {state.get('process_status')} for another task"
         elif state.get("process_status") == ProcessStatus.RUNNING.value:
-            document, reason = _reclaim_if_lost(call, task_id, state, worker)
+            document, reason = _reclaim_if_lost(call, target, task_id, state, worker)
         elif state.get("process_status") in {s.value for s in COMPLETED}:
             reason = (
                 f"this run already ended, {state.get('process_status')}: "
@@ -93,7 +93,11 @@ _STILL_RUNNING = "its first delivery is still running (duplicate delivery)"
 
 
 def _reclaim_if_lost(
-    call: ProcessCall, task_id: str, state: dict, worker: transitions.WorkerRef
+    call: ProcessCall,
+    target: transitions.Target,
+    task_id: str,
+    state: dict,
+    worker: transitions.WorkerRef,
 ) -> tuple[dict | None, str]:
     """The document taken over, or ``None`` and why not."""
     if state.get("worker_instance") == worker.instance and worker.instance is not None:
@@ -117,9 +121,7 @@ def _reclaim_if_lost(
     loss = endings.worker_loss(
         run, instance=state.get("worker_instance"), pid=state.get("worker_pid")
     )
-    document = transitions.reclaim(
-        call.cls._get_collection(), call.pk, task_id, state, worker, reason, loss_cap=loss.cap
-    )
+    document = transitions.reclaim(target, task_id, state, worker, reason, loss_cap=loss.cap)
     if document is not None:
         logger.warning("%s: running again (task %s) because %s", call.describe(), task_id, reason)
         return document, ""
@@ -130,7 +132,7 @@ def _reclaim_if_lost(
 
 def owns(run: Run) -> bool:
     """Whether ``run`` still owns its document: RUNNING under its task id (one read)."""
-    state = transitions.read_state(run.proc._get_collection(), run.proc.pk) or {}
+    state = transitions.read_state(run.proc._target()) or {}
     return (
         state.get("process_status") == ProcessStatus.RUNNING.value
         and state.get("celery_task_id") == run.task_id

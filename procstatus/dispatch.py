@@ -177,21 +177,21 @@ def dispatch(
     if proc.pk is None:
         raise ValueError(f"save() the {type(proc).__name__} before calling {spec.name}()")
     runtime.current.run(f"{owner}()")  # NotInstalled before anything is written
-    collection = proc._get_collection()
+    target = proc._target()
     task_id = messages.new_task_id()
     arguments = {"args": list(args), "kwargs": dict(kwargs)}
-    previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
+    previous = transitions.schedule(target, spec.name, task_id, arguments)
     if previous is None and not spec.is_blocking:
         for _ in range(3):  # the document may go idle between the two writes: try again
             if callqueue.wait_in_queue(proc, spec, arguments) is Queueing.QUEUED:
                 endings.start_next_call(type(proc), proc.pk)  # in case it went idle meanwhile
                 proc.reload_status()
                 return
-            previous = transitions.schedule(collection, proc.pk, spec.name, task_id, arguments)
+            previous = transitions.schedule(target, spec.name, task_id, arguments)
             if previous is not None:
                 break
     if previous is None:
-        state = transitions.read_state(collection, proc.pk)
+        state = transitions.read_state(target)
         if state is None:
             raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
         raise ProcessAlreadyRunning(
@@ -202,7 +202,7 @@ def dispatch(
         ran_inline = messages.publish(type(proc), proc.pk, spec, list(args), dict(kwargs), task_id)
     except BaseException:
         # The message is not on the broker: nothing will ever start this run.
-        if transitions.unschedule(collection, proc.pk, task_id, previous):
+        if transitions.unschedule(target, task_id, previous):
             # As after any run: calls queued while it was PENDING must not wait for it.
             restored = ProcessStatus(previous.get("process_status") or ProcessStatus.READY)
             endings.after_end(type(proc), proc.pk, spec.name, restored)

@@ -119,6 +119,18 @@ class ProcDocument(Document):
         connection.ensure(cls._meta.get("db_alias", DEFAULT_CONNECTION_NAME))
         return super()._get_db()
 
+    @classmethod
+    def _state_target(cls, pk: Any, known: Mapping[str, Any] | None = None) -> transitions.Target:
+        """How the state machine addresses ``cls(pk)``: durable, and with the shard key's
+        values (from ``known``, the raw document, else read once) when ``meta`` has one."""
+        return transitions.target(cls._get_collection(), pk, shard_fields(cls), known)
+
+    def _target(self) -> transitions.Target:
+        """How the state machine addresses this document (shard values from this copy)."""
+        fields = shard_fields(type(self))
+        known = self.to_mongo().to_dict() if fields else None
+        return transitions.target(self._get_collection(), self.pk, fields, known)
+
     # --- creation --------------------------------------------------------------------
 
     @classmethod
@@ -165,7 +177,7 @@ class ProcDocument(Document):
 
     def reload_status(self) -> ProcessStatus:
         """Re-read only the status fields from the database; returns the status."""
-        state = transitions.read_state(self._get_collection(), self.pk)
+        state = transitions.read_state(self._target())
         if state is None:
             raise self.DoesNotExist(f"{type(self).__name__}({self.pk}) no longer exists")
         self._set_state(state)
@@ -199,9 +211,7 @@ class ProcDocument(Document):
         task_id = self._owned_run("set_process_step")
         with self._progress_guard():
             held = self._held_progress()
-            won = transitions.set_step(
-                self._get_collection(), self.pk, task_id, step, progress=held
-            )
+            won = transitions.set_step(self._target(), task_id, step, progress=held)
             if won and held is not None:
                 self._progress_sent(time.monotonic())
         if not won:
@@ -219,9 +229,7 @@ class ProcDocument(Document):
         task_id = self._owned_run("warning")
         with self._progress_guard():
             held = self._held_progress()
-            won = transitions.add_warnings(
-                self._get_collection(), self.pk, task_id, texts, progress=held
-            )
+            won = transitions.add_warnings(self._target(), task_id, texts, progress=held)
             if won and held is not None:
                 self._progress_sent(time.monotonic())
         if not won:
@@ -256,7 +264,7 @@ class ProcDocument(Document):
                 if self._progress_timer is None:
                     self._schedule_progress_write(task_id, wait)
                 return
-            won = transitions.set_progress(self._get_collection(), self.pk, task_id, done, total)
+            won = transitions.set_progress(self._target(), task_id, done, total)
             if won:
                 self._progress_sent(moment)
         if not won:
@@ -322,8 +330,7 @@ class ProcDocument(Document):
                     return
                 moment = time.monotonic()
                 if transitions.set_progress(
-                    self._get_collection(), self.pk, task_id,
-                    held["progress_done"], held["progress_total"],
+                    self._target(), task_id, held["progress_done"], held["progress_total"]
                 ):
                     self._progress_written_at = moment
                     self._progress_unwritten = False
@@ -400,7 +407,7 @@ class ProcDocument(Document):
         return task_id
 
     def _raise_not_running(self, operation: str) -> None:
-        state = transitions.read_state(self._get_collection(), self.pk) or {}
+        state = transitions.read_state(self._target()) or {}
         other_task = state.get("celery_task_id") not in (None, self._run_task_id)
         raise NotRunning(
             f"{operation}() is only allowed inside this object's running process; "
@@ -411,4 +418,17 @@ class ProcDocument(Document):
 
 
 _STATE_FIELD_SET = frozenset(transitions.STATE_FIELDS)
+
+
+def shard_fields(cls: type[Document]) -> tuple[str, ...]:
+    """The database names of the fields in ``cls``'s ``meta["shard_key"]`` (dotted for an
+    embedded field), as mongoengine's ``save()`` reads them; ``()`` when not sharded."""
+    declared = cls._meta.get("shard_key") or ()
+    names = (declared,) if isinstance(declared, str) else tuple(declared)
+    found: list[str] = []
+    for name in names:
+        first, *rest = name.replace("__", ".").split(".")
+        field = cls._fields.get(first)
+        found.append(".".join([field.db_field if field is not None else first, *rest]))
+    return tuple(found)
 

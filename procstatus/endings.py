@@ -96,12 +96,12 @@ def end_run(
     Returns what it did, or ``None`` when the run had already ended or moved on (the
     write was conditional and matched nothing).
     """
-    collection = run.cls._get_collection()
+    target = run.cls._state_target(run.pk)
     if send_again is not None:
         loss = worker_loss(run)
         new_id = messages.new_task_id()
         moved = transitions.back_to_pending(
-            collection, run.pk, run.task_id or "", new_task_id=new_id,
+            target, run.task_id or "", new_task_id=new_id,
             message=f"Process {run.process} pending again: {error}",
             warning=f"sent again after {error}", loss=loss,
         )
@@ -126,7 +126,7 @@ def end_run(
         # Neither sent again nor past the cap: it died before its claim, or moved on.
     spec = process_spec(run.cls, run.process or "")
     if not transitions.fail_run(
-        collection, run.pk, run.task_id, run.process, error, statuses,
+        target, run.task_id, run.process, error, statuses,
         clear_queue=spec is None or spec.clear_queue_on_failure, over_cap=over_cap,
     ):
         return None
@@ -246,7 +246,7 @@ def await_redelivery(
     """
     loss = worker_loss(run, instance=instance, pid=pid)
     moved = transitions.back_to_pending(
-        run.cls._get_collection(), run.pk, run.task_id or "",
+        run.cls._state_target(run.pk), run.task_id or "",
         message=f"Process {run.process} pending again: {error}; the broker delivers it again",
         warning=f"restarted after {error}", loss=loss,
     )
@@ -269,12 +269,13 @@ def await_join_redelivery(
     :attr:`Ending.FAILED`, or ``None`` when that join task no longer runs the parent (it
     never began, or ended).
     """
+    target = cls._state_target(pk)
     # The cap is the parent's process's: one read to learn which (a lost join is rare).
-    state = transitions.read_state(cls._get_collection(), pk) or {}
+    state = transitions.read_state(target) or {}
     run = RunRef(cls, pk, task_id, state.get("current_process"))
     loss = worker_loss(run, instance=instance, pid=pid)
     moved = transitions.abandon_join(
-        cls._get_collection(), pk, task_id, warning=f"join restarted after {error}", loss=loss
+        target, task_id, warning=f"join restarted after {error}", loss=loss
     )
     if not moved:
         return end_past_cap(run, loss, error, context="join failed: ")
@@ -289,7 +290,7 @@ def cancel(proc: ProcDocument, *, terminate: bool = False) -> bool:
     The status is written first; the task is revoked after (killed with ``terminate``).
     A cancelled child's parent is told at once, like any other ending.
     """
-    state = transitions.read_state(proc._get_collection(), proc.pk)
+    state = transitions.read_state(proc._target())
     if state is None:
         raise proc.DoesNotExist(f"{type(proc).__name__}({proc.pk}) does not exist")
     status = state.get("process_status")

@@ -39,6 +39,7 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 from mongoengine import DEFAULT_CONNECTION_NAME
 from mongoengine.connection import ConnectionFailure as NoConnectionDefined
+from pymongo.write_concern import WriteConcern
 
 from procstatus import (
     connection,
@@ -234,7 +235,7 @@ def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> 
 
 
 def _end_lost_join(call: messages.JoinCall, task_id: str, exception: BaseException) -> None:
-    state = transitions.read_state(call.cls._get_collection(), call.pk)
+    state = transitions.read_state(call.cls._state_target(call.pk))
     if state is None or state.get("celery_task_id") != task_id:
         return  # the join never began, so the parent still waits: nothing to end
     spec = process_spec(call.cls, state.get("current_process") or "")
@@ -331,6 +332,7 @@ def install(
     heartbeat_threshold: float | None = None,
     progress_interval: float = runtime.DEFAULT_PROGRESS_INTERVAL,
     max_worker_losses: int = runtime.DEFAULT_MAX_WORKER_LOSSES,
+    write_concern: WriteConcern | None = None,
 ) -> Task:
     """Register the generic tasks on ``celery_app`` and connect the signal hooks.
 
@@ -349,6 +351,11 @@ def install(
       ``task_reject_on_worker_lost``; the loss after that ends the run FAILURE ``lost its
       worker N times, …``. ``@process(max_worker_losses=N)`` overrides it per process.
       Read where the loss is recorded (worker, sweeper): pass every process the same.
+    - ``write_concern``: of every status write, whatever the URI says; by default
+      ``w="majority"`` (with a 10 s ``wtimeout``), so that no acknowledged status is rolled
+      back at a replica-set failover. Pass less only knowing that cost.
+
+    It logs a warning when the connection has ``retryWrites=false``.
 
     Calling it again is harmless: hooks are connected once. Returns the generic task.
     """
@@ -387,5 +394,7 @@ def install(
         heartbeat_threshold=heartbeat_threshold or 3 * heartbeat_interval,
         progress_interval=progress_interval,
         max_worker_losses=max_worker_losses,
+        write_concern=write_concern or runtime.majority(),
     )
+    connection.warn_if_writes_not_retried(mongodb_alias)
     return task

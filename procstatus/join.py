@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pymongo import ReadPreference
+
 from procstatus import messages, transitions
 from procstatus.spec import process_spec
 from procstatus.status import PROCESSING, ProcessStatus
@@ -47,7 +49,12 @@ def any_child_processing(parent: ProcDocument) -> bool:
     children = parent.children()
     warn_if_unindexed(type(parent), children)
     id_name = children._document._meta["id_field"]  # children may have their own primary key
-    busy = children.filter(process_status__in=list(PROCESSING)).only(id_name).first()
+    busy = (
+        children.filter(process_status__in=list(PROCESSING))
+        .read_preference(ReadPreference.PRIMARY)  # a lagging secondary would join early
+        .only(id_name)
+        .first()
+    )
     return busy is not None
 
 
@@ -89,7 +96,7 @@ def join_if_ready(parent: ProcDocument, *, dry_run: bool = False) -> bool:
     that error on a worker, rather than leaving it waiting. ``dry_run`` sends nothing and
     says whether it would.
     """
-    state = transitions.read_state(parent._get_collection(), parent.pk)
+    state = transitions.read_state(parent._target())
     if state is None or state.get("process_status") != ProcessStatus.WAITING_FOR_RESULT.value:
         return False
     try:

@@ -119,7 +119,7 @@ def workers_collection(database: Database | None = None) -> Collection:
         alias = runtime.current.alias
         connection.ensure(alias)
         database = get_db(alias)
-    return database[WORKERS_COLLECTION]
+    return connection.durable(database[WORKERS_COLLECTION])
 
 
 def beat(collection: Collection, active: Iterable[str], *, stopped: bool = False) -> None:

@@ -160,7 +160,7 @@ def perform_join(call: JoinCall, task_id: str, worker: WorkerRef) -> ProcessStat
 
 
 def _claim_join(call: JoinCall, task_id: str, worker: WorkerRef) -> ProcDocument | None:
-    document = transitions.begin_join(call.cls._get_collection(), call.pk, task_id, worker)
+    document = transitions.begin_join(call.cls._state_target(call.pk), task_id, worker)
     return None if document is None else attach(call.cls._from_son(document), task_id)
 
 
@@ -238,14 +238,15 @@ def _write(
     proc: ProcDocument, status: ProcessStatus, message: str, errors: list[str] | None = None
 ) -> ProcessStatus | None:
     spec = process_spec(type(proc), proc.current_process or "")
+    target = proc._target()
     won = transitions.complete(
-        proc._get_collection(), proc.pk, proc.celery_task_id, status,
+        target, proc.celery_task_id, status,
         message=message, errors=errors or (),
         clear_queue=spec is None or spec.clear_queue_on_failure,
         progress=proc._unwritten_progress(),
     )
     if not won:
-        state = transitions.read_state(proc._get_collection(), proc.pk)
+        state = transitions.read_state(target)
         if state is None:
             logger.info(
                 "%s(%s) was deleted during its process; nothing written",
@@ -302,7 +303,7 @@ def _retry_body(run: Run, exc: Exception, attempts: Attempts) -> Ended | RetryLa
     countdown = spec.retry_countdown(attempts.retries)
     error = describe(exc)
     won = transitions.back_to_pending(
-        run.proc._get_collection(), run.proc.pk, run.task_id,
+        run.proc._target(), run.task_id,
         message=f"Process {spec.name}: retry {attempt}/{spec.max_retries} in {countdown:g} s",
         warning=f"attempt {attempt} of {spec.max_retries + 1} failed: {error}",
     )

@@ -12,10 +12,11 @@ settings stay Celery-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mongoengine import DEFAULT_CONNECTION_NAME
+from pymongo.write_concern import WriteConcern
 
 from procstatus.errors import NotInstalled
 
@@ -28,6 +29,15 @@ DEFAULT_PROGRESS_INTERVAL = 0.5
 """The fewest seconds between two ``set_progress()`` writes of one run."""
 DEFAULT_MAX_WORKER_LOSSES = 3
 """How many times one run may lose its worker and still be tried again."""
+DEFAULT_WRITE_CONCERN_TIMEOUT_MS = 10_000
+"""How long a status write waits for a majority of a replica set before it is reported as
+applied but unconfirmed (a ``WriteConcernError``, which procstatus reads as applied)."""
+
+
+def majority() -> WriteConcern:
+    """procstatus's default write concern: acknowledged by a majority of the replica set,
+    so that no acknowledged status is rolled back at a failover."""
+    return WriteConcern(w="majority", wtimeout=DEFAULT_WRITE_CONCERN_TIMEOUT_MS)
 
 
 @dataclass
@@ -46,6 +56,8 @@ class Runtime:
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
     max_worker_losses: int = DEFAULT_MAX_WORKER_LOSSES
     """The cap on lost workers per run, where ``@process(max_worker_losses=...)`` sets none."""
+    write_concern: WriteConcern = field(default_factory=majority)
+    """The write concern of every procstatus write, whatever the connection's URI says."""
 
     def run(self, needed_for: str) -> Task:
         """The run task; :class:`NotInstalled`, naming ``needed_for``, before ``install()``."""

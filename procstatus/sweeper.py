@@ -41,7 +41,7 @@ from typing import Any
 from mongoengine.base import _document_registry
 from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
 
-from procstatus import endings, join, liveness, runtime
+from procstatus import connection, endings, join, liveness, runtime
 from procstatus.callqueue import NextCallOutcome
 from procstatus.document import ProcDocument
 from procstatus.endings import Ending, RunRef
@@ -139,7 +139,7 @@ def sweep(
         )
     for cls in classes:
         try:
-            collection = cls._get_collection()
+            collection = connection.durable(cls._get_collection())
         except MongoEngineConnectionFailure as exc:
             # A class whose connection this process never opened: not ours to sweep.
             logger.debug("procstatus sweep skips %s: %s", cls.__name__, exc)
@@ -225,7 +225,8 @@ def _start_stranded_calls(cls: type[ProcDocument], report: SweepReport, dry_run:
     # Only the sparse call_queue index answers this: documents with a call waiting, few and
     # mostly busy. Asking for the idle status too would make a server plan the status
     # index (nearly every document is idle) or a collection scan, so that is checked here.
-    with_calls = cls._get_collection().find(WITH_QUEUED_CALLS, {"process_status": 1})
+    collection = connection.durable(cls._get_collection())
+    with_calls = collection.find(WITH_QUEUED_CALLS, {"process_status": 1})
     idle = set(values(SCHEDULABLE))
     for state in with_calls:
         if state.get("process_status") not in idle:
@@ -239,7 +240,7 @@ def _start_stranded_calls(cls: type[ProcDocument], report: SweepReport, dry_run:
 def _fail_never_started(
     cls: type[ProcDocument], before: datetime, report: SweepReport, dry_run: bool
 ) -> None:
-    stale = cls._get_collection().find(
+    stale = connection.durable(cls._get_collection()).find(
         {"process_status": ProcessStatus.PENDING.value, "status_changed_at": {"$lt": before}},
         {"celery_task_id": 1, "current_process": 1},
     )

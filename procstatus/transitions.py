@@ -9,18 +9,33 @@ Each write declares the edges of :data:`procstatus.status.LEGAL_TRANSITIONS` it 
 (:func:`performs`); its filter accepts only those edges' source states, so the table is
 enforced by the writes themselves and a test checks that both say the same.
 
-This module knows collections and primary keys, not Documents, and imports no Celery.
+Every function addresses its document through a :class:`Target`: the collection with
+procstatus's write concern and primary reads (:func:`procstatus.connection.durable`), and
+the document's key — its ``_id``, plus its shard key's values when its class declares one,
+so that each filter goes to one shard, as mongoengine's own ``save()`` does.
+
+An ambiguous write is settled, not guessed: a ``WriteConcernError`` (the write ran, its
+replication is unconfirmed) or a connection error (it may or may not have run) makes the
+write re-read the document from the primary and go on from what is there — won if the
+document shows this very write, lost if a ``WriteConcernError`` says it ran and matched
+nothing, and the error raised again otherwise (nothing is known to have been written).
+What "shows this very write" means is each write's own ``landed`` test.
+
+This module knows collections and keys, not Documents, and imports no Celery.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
+from pymongo.errors import ConnectionFailure, PyMongoError, WriteConcernError
 
+from procstatus import connection
 from procstatus.clock import utcnow
 from procstatus.status import (
     COMPLETED,
@@ -65,6 +80,138 @@ _PROJECTION = {name: 1 for name in STATE_FIELDS}
 
 
 _S = ProcessStatus
+logger = logging.getLogger("procstatus")
+
+_AMBIGUOUS = (WriteConcernError, ConnectionFailure)
+"""Errors after which a write may have been applied (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One document as the state machine addresses it: ``collection`` (durable, see
+    :func:`target`) and ``key``, ``{"_id": pk}`` plus any shard-key values."""
+
+    collection: Collection
+    key: Mapping[str, Any]
+
+    @property
+    def pk(self) -> Any:
+        return self.key["_id"]
+
+    def where(self, conditions: Mapping[str, Any]) -> dict[str, Any]:
+        """The filter of a write: this document, and ``conditions``."""
+        return {**self.key, **conditions}
+
+
+def target(
+    collection: Collection,
+    pk: Any,
+    shard_fields: Sequence[str] = (),
+    known: Mapping[str, Any] | None = None,
+) -> Target:
+    """The :class:`Target` of document ``pk`` in ``collection``.
+
+    ``shard_fields`` are the collection's shard-key fields (dotted database names). Their
+    values come from ``known`` (the raw document, or part of it) when it has them all,
+    else from one read by ``_id`` — which a sharded cluster sends to every shard, once,
+    so that the writes after it go to one. A document that is gone gets ``_id`` alone:
+    every write then matches nothing.
+    """
+    chosen = connection.durable(collection)
+    if not shard_fields:
+        return Target(chosen, {"_id": pk})
+    values = _shard_values(known or {}, shard_fields)
+    if values is None:
+        stored = chosen.find_one({"_id": pk}, {name: 1 for name in shard_fields})
+        values = _shard_values(stored or {}, shard_fields, missing_is_null=stored is not None)
+    return Target(chosen, {"_id": pk, **(values or {})})
+
+
+def _shard_values(
+    document: Mapping[str, Any], fields: Sequence[str], *, missing_is_null: bool = False
+) -> dict[str, Any] | None:
+    """``fields``' values in ``document`` (dotted paths); ``None`` if one is not there."""
+    values: dict[str, Any] = {}
+    for name in fields:
+        value: Any = document
+        for part in name.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                if not missing_is_null:
+                    return None
+                value = None  # a missing shard-key field is stored as null
+                break
+            value = value[part]
+        values[name] = value
+    return values
+
+
+def read_state(target: Target) -> dict | None:
+    """The state fields as stored now (to explain a lost condition), or ``None`` if gone."""
+    return target.collection.find_one(target.key, _PROJECTION)
+
+
+def _update(
+    target: Target,
+    conditions: Mapping[str, Any],
+    update: Mapping[str, Any],
+    landed: Callable[[Mapping[str, Any]], bool],
+    *,
+    matched: bool = False,
+) -> bool:
+    """One conditional ``update_one``; whether it won (modified, or with ``matched``
+    matched: an in-run write of a value already there still counts)."""
+    try:
+        result = target.collection.update_one(target.where(conditions), update)
+    except _AMBIGUOUS as exc:
+        return _settle(target, exc, landed) is not None
+    return (result.matched_count if matched else result.modified_count) == 1
+
+
+def _find_and_update(
+    target: Target,
+    conditions: Mapping[str, Any],
+    update: Mapping[str, Any],
+    landed: Callable[[Mapping[str, Any]], bool],
+    *,
+    before: bool,
+    projection: Mapping[str, Any] | None = None,
+) -> dict | None:
+    """One conditional ``find_one_and_update``, returning the document before or after.
+
+    Settled after an ambiguous error, it returns the document as re-read: after the write,
+    even where ``before`` was asked (the state before is then unknown; callers say what
+    they do with that).
+    """
+    try:
+        return target.collection.find_one_and_update(
+            target.where(conditions), update, projection=projection,
+            return_document=ReturnDocument.BEFORE if before else ReturnDocument.AFTER,
+        )
+    except _AMBIGUOUS as exc:
+        return _settle(target, exc, landed)
+
+
+def _settle(
+    target: Target, error: PyMongoError, landed: Callable[[Mapping[str, Any]], bool]
+) -> dict | None:
+    """After an ambiguous ``error``: the document if it shows the write, ``None`` if the
+    write is known to have matched nothing; else ``error`` again."""
+    try:
+        state = target.collection.find_one(target.key)
+    except PyMongoError:
+        raise error from None
+    if state is not None and landed(state):
+        logger.warning("procstatus write to %s %r applied despite %s: %s",
+                       target.collection.name, target.pk, type(error).__name__, error)
+        return state
+    if isinstance(error, WriteConcernError):
+        return None  # it ran and matched nothing: the condition was lost
+    raise error
+
+
+def _is(state: Mapping[str, Any], **fields: Any) -> bool:
+    """Whether ``state`` has every one of ``fields``' values."""
+    return all(state.get(name) == value for name, value in fields.items())
 Edge = tuple[ProcessStatus, ProcessStatus]
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,24 +234,27 @@ def performs(*edges: Edge) -> Callable[[F], F]:
 
 @performs((_S.READY, _S.PENDING), (_S.SUCCESS, _S.PENDING), (_S.FAILURE, _S.PENDING))
 def schedule(
-    collection: Collection,
-    pk: Any,
-    process: str,
-    task_id: str,
-    arguments: Mapping[str, Any] | None = None,
+    target: Target, process: str, task_id: str, arguments: Mapping[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """READY/SUCCESS/FAILURE → PENDING for ``process`` under ``task_id``.
 
     Returns the state fields as they were before (so a failed publish can restore them),
     or ``None`` when the document is missing, processing, or has queued calls waiting
-    (they go first: see :func:`schedule_next`).
+    (they go first: see :func:`schedule_next`). After an ambiguous write that did land,
+    the state before is unknown: it returns READY with nothing else, which is what a
+    failed publish then restores.
     """
-    return collection.find_one_and_update(
-        {"_id": pk, "process_status": {"$in": _SCHEDULABLE}, _QUEUE_HEAD: {"$exists": False}},
+    before = _find_and_update(
+        target,
+        {"process_status": {"$in": _SCHEDULABLE}, _QUEUE_HEAD: {"$exists": False}},
         {"$set": _pending_fields(process, task_id, arguments)},
+        lambda state: _is(state, process_status=_S.PENDING.value, celery_task_id=task_id),
+        before=True,
         projection=_PROJECTION,
-        return_document=ReturnDocument.BEFORE,
     )
+    if before is not None and before.get("celery_task_id") == task_id:
+        return {"process_status": _S.READY.value}  # settled: the state before is unknown
+    return before
 
 
 def _pending_fields(
@@ -134,15 +284,15 @@ def _pending_fields(
     }
 
 
-def enqueue_call(collection: Collection, pk: Any, call: Mapping[str, Any], limit: int) -> bool:
+def enqueue_call(target: Target, call: Mapping[str, Any], limit: int) -> bool:
     """Append ``call`` to ``call_queue`` while the document is busy; ``False`` if it is not.
 
     Busy means processing, or with calls already waiting. The write is refused too when
     ``limit`` calls already wait. No status changes.
     """
-    result = collection.update_one(
+    return _update(
+        target,
         {
-            "_id": pk,
             "$or": [
                 {"process_status": {"$in": values(PROCESSING)}},
                 {_QUEUE_HEAD: {"$exists": True}},
@@ -150,35 +300,30 @@ def enqueue_call(collection: Collection, pk: Any, call: Mapping[str, Any], limit
             f"call_queue.{limit - 1}": {"$exists": False},
         },
         {"$push": {"call_queue": dict(call)}},
+        lambda state: any(queued.get("id") == call.get("id")
+                          for queued in state.get("call_queue") or ()),
     )
-    return result.modified_count == 1
 
 
 @performs((_S.READY, _S.PENDING), (_S.SUCCESS, _S.PENDING), (_S.FAILURE, _S.PENDING))
 def schedule_next(
-    collection: Collection,
-    pk: Any,
-    head_id: str,
-    process: str,
-    task_id: str,
-    arguments: Mapping[str, Any],
+    target: Target, head_id: str, process: str, task_id: str, arguments: Mapping[str, Any]
 ) -> bool:
     """READY/SUCCESS/FAILURE → PENDING for the first queued call, taken off the queue.
 
     Conditional on that call still being first, so of several runs ending at once
     exactly one schedules it.
     """
-    result = collection.update_one(
-        {"_id": pk, "process_status": {"$in": _SCHEDULABLE}, "call_queue.0.id": head_id},
+    return _update(
+        target,
+        {"process_status": {"$in": _SCHEDULABLE}, "call_queue.0.id": head_id},
         {"$set": _pending_fields(process, task_id, arguments), "$pop": {"call_queue": -1}},
+        lambda state: _is(state, process_status=_S.PENDING.value, celery_task_id=task_id),
     )
-    return result.modified_count == 1
 
 
 @performs((_S.PENDING, _S.READY), (_S.PENDING, _S.SUCCESS), (_S.PENDING, _S.FAILURE))
-def unschedule(
-    collection: Collection, pk: Any, task_id: str, previous: Mapping[str, Any]
-) -> bool:
+def unschedule(target: Target, task_id: str, previous: Mapping[str, Any]) -> bool:
     """Undo :func:`schedule` after the task could not be published: restore ``previous``."""
     # Calls queued meanwhile stay: the queue is not part of the run being undone.
     restored = [name for name in STATE_FIELDS if name != "call_queue"]
@@ -187,23 +332,27 @@ def unschedule(
     update: dict[str, Any] = {"$set": restore}
     if absent:
         update["$unset"] = absent
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
+    return _update(
+        target,
+        {"process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
         update,
+        lambda state: _is(state, process_status=previous.get("process_status"),
+                          celery_task_id=previous.get("celery_task_id")),
     )
-    return result.modified_count == 1
 
 
 @performs((_S.PENDING, _S.RUNNING))
-def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> dict | None:
+def start(target: Target, task_id: str, worker: WorkerRef) -> dict | None:
     """PENDING → RUNNING for exactly this task; returns the whole document after the write.
 
     ``None`` means the claim was lost: the document is gone, was cancelled, already ran
-    (a duplicate delivery) or belongs to a newer task.
+    (a duplicate delivery) or belongs to a newer task. A document found RUNNING under this
+    task id and this very worker process after an ambiguous write is this claim.
     """
     moment = utcnow()
-    return collection.find_one_and_update(
-        {"_id": pk, "process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
+    return _find_and_update(
+        target,
+        {"process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
         {
             "$set": {
                 "process_status": ProcessStatus.RUNNING.value,
@@ -212,14 +361,14 @@ def start(collection: Collection, pk: Any, task_id: str, worker: WorkerRef) -> d
                 **worker.fields(),
             }
         },
-        return_document=ReturnDocument.AFTER,
+        lambda state: worker.claimed(state, task_id),
+        before=False,
     )
 
 
 @performs((_S.RUNNING, _S.RUNNING))
 def reclaim(
-    collection: Collection,
-    pk: Any,
+    target: Target,
     task_id: str,
     lost: Mapping[str, Any],
     worker: WorkerRef,
@@ -236,9 +385,9 @@ def reclaim(
     """
     moment = utcnow()
     cap = {} if loss_cap is None else WorkerLoss(loss_cap).within_cap()
-    return collection.find_one_and_update(
+    return _find_and_update(
+        target,
         {
-            "_id": pk,
             "process_status": ProcessStatus.RUNNING.value,
             "celery_task_id": task_id,
             "worker_instance": lost.get("worker_instance"),
@@ -255,14 +404,14 @@ def reclaim(
             "$push": {"warnings": f"restarted after {reason}"},
             "$inc": _COUNT_LOSS,
         },
-        return_document=ReturnDocument.AFTER,
+        lambda state: worker.claimed(state, task_id),
+        before=False,
     )
 
 
 @performs((_S.RUNNING, _S.PENDING))
 def back_to_pending(
-    collection: Collection,
-    pk: Any,
+    target: Target,
     task_id: str,
     *,
     message: str,
@@ -277,31 +426,33 @@ def back_to_pending(
     ``loss``: the run is tried again because its worker was lost; the write counts it in
     ``worker_losses`` and matches only within the cap (and the lost attempt, if named).
     """
+    next_task_id = new_task_id or task_id
     update: dict[str, Any] = {
         "$set": {
             "process_status": ProcessStatus.PENDING.value,
             "last_status_message": message,
             "status_changed_at": utcnow(),
-            "celery_task_id": new_task_id or task_id,
+            "celery_task_id": next_task_id,
         },
         "$push": {"warnings": warning},
     }
     if loss is not None:
         update["$inc"] = _COUNT_LOSS
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
+    return _update(
+        target,
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
          **(loss.within_cap() if loss is not None else {})},
         update,
+        lambda state: _is(state, process_status=_S.PENDING.value,
+                          celery_task_id=next_task_id, last_status_message=message),
     )
-    return result.modified_count == 1
 
 
 @performs(
     (_S.RUNNING, _S.SUCCESS), (_S.RUNNING, _S.FAILURE), (_S.RUNNING, _S.WAITING_FOR_RESULT)
 )
 def complete(
-    collection: Collection,
-    pk: Any,
+    target: Target,
     task_id: str | None,
     status: ProcessStatus,
     *,
@@ -332,19 +483,20 @@ def complete(
     update: dict[str, Any] = {"$set": fields}
     if errors:
         update["$push"] = {"errors": {"$each": list(errors)}}
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+    return _update(
+        target,
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
         update,
+        lambda state: _is(state, process_status=status.value, celery_task_id=task_id,
+                          last_status_message=message),
     )
-    return result.modified_count == 1
 
 
 @performs(
     (_S.PENDING, _S.FAILURE), (_S.RUNNING, _S.FAILURE), (_S.WAITING_FOR_RESULT, _S.FAILURE)
 )
 def fail_run(
-    collection: Collection,
-    pk: Any,
+    target: Target,
     task_id: str | None,
     process: str | None,
     error: str,
@@ -364,9 +516,10 @@ def fail_run(
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
     moment = utcnow()
+    message = f"Process {process} failed: {error}"
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
-        "last_status_message": f"Process {process} failed: {error}",
+        "last_status_message": message,
         "complete_time": moment,
         "status_changed_at": moment,
     }
@@ -375,31 +528,31 @@ def fail_run(
     update: dict[str, Any] = {"$set": fields, "$push": {"errors": error}}
     if over_cap is not None:
         update["$inc"] = _COUNT_LOSS
-    result = collection.update_one(
+    return _update(
+        target,
         {
-            "_id": pk,
             "process_status": {"$in": values(statuses)},
             "celery_task_id": task_id,
             "current_process": process,
             **(over_cap.past_cap() if over_cap is not None else {}),
         },
         update,
+        lambda state: _is(state, process_status=_S.FAILURE.value, celery_task_id=task_id,
+                          last_status_message=message),
     )
-    return result.modified_count == 1
 
 
 @performs((_S.WAITING_FOR_RESULT, _S.RUNNING))
-def begin_join(
-    collection: Collection, pk: Any, task_id: str | None, worker: WorkerRef
-) -> dict | None:
+def begin_join(target: Target, task_id: str | None, worker: WorkerRef) -> dict | None:
     """WAITING_FOR_RESULT → RUNNING, won by exactly one join task; returns the document after.
 
     ``celery_task_id`` and the worker fields then name the join task, so the liveness
     checks see who runs the join, and a second join task for the same wait loses.
     """
     moment = utcnow()
-    return collection.find_one_and_update(
-        {"_id": pk, "process_status": ProcessStatus.WAITING_FOR_RESULT.value},
+    return _find_and_update(
+        target,
+        {"process_status": ProcessStatus.WAITING_FOR_RESULT.value},
         {
             "$set": {
                 "process_status": ProcessStatus.RUNNING.value,
@@ -410,14 +563,14 @@ def begin_join(
                 **worker.fields(),
             }
         },
-        return_document=ReturnDocument.AFTER,
+        lambda state: state.get("joining") is True and worker.claimed(state, task_id),
+        before=False,
     )
 
 
 @performs((_S.RUNNING, _S.WAITING_FOR_RESULT))
 def abandon_join(
-    collection: Collection, pk: Any, task_id: str, *, warning: str,
-    loss: WorkerLoss | None = None,
+    target: Target, task_id: str, *, warning: str, loss: WorkerLoss | None = None
 ) -> bool:
     """RUNNING → WAITING_FOR_RESULT: the join task ``task_id`` was lost and is delivered again.
 
@@ -437,12 +590,14 @@ def abandon_join(
     }
     if loss is not None:
         update["$inc"] = _COUNT_LOSS
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
+    return _update(
+        target,
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
          "joining": True, **(loss.within_cap() if loss is not None else {})},
         update,
+        lambda state: _is(state, process_status=_S.WAITING_FOR_RESULT.value,
+                          celery_task_id=task_id, joining=False),
     )
-    return result.modified_count == 1
 
 
 @dataclass(frozen=True)
@@ -463,6 +618,13 @@ class WorkerRef:
             "worker_pid": self.pid,
             "worker_redelivers": self.redelivers,
         }
+
+    def claimed(self, state: Mapping[str, Any], task_id: str | None) -> bool:
+        """Whether ``state`` is RUNNING under ``task_id`` in this very worker process."""
+        return self.instance is not None and _is(
+            state, process_status=_S.RUNNING.value, celery_task_id=task_id,
+            worker_instance=self.instance, worker_pid=self.pid,
+        )
 
 
 @dataclass(frozen=True)
@@ -497,8 +659,7 @@ class WorkerLoss:
 
 
 def set_step(
-    collection: Collection,
-    pk: Any,
+    target: Target,
     task_id: str | None,
     step: str | None,
     *,
@@ -509,11 +670,14 @@ def set_step(
     ``progress`` (``progress_done``/``progress_total``) is the run's progress held back by
     the throttle, written in the same command.
     """
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+    return _update(
+        target,
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
         {"$set": {"current_process_step": step, **_progress_fields(progress)}},
+        lambda state: _is(state, process_status=_S.RUNNING.value, celery_task_id=task_id,
+                          current_process_step=step),
+        matched=True,
     )
-    return result.matched_count == 1
 
 
 def _progress_fields(progress: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -524,39 +688,43 @@ def _progress_fields(progress: Mapping[str, Any] | None) -> dict[str, Any]:
             "progress_total": progress["progress_total"]}
 
 
-def set_progress(
-    collection: Collection, pk: Any, task_id: str | None, done: int, total: int | None
-) -> bool:
+def set_progress(target: Target, task_id: str | None, done: int, total: int | None) -> bool:
     """Write ``progress_done``/``progress_total`` while this run is RUNNING (one update)."""
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+    return _update(
+        target,
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
         {"$set": {"progress_done": done, "progress_total": total}},
+        lambda state: _is(state, process_status=_S.RUNNING.value, celery_task_id=task_id,
+                          progress_done=done, progress_total=total),
+        matched=True,
     )
-    return result.matched_count == 1
 
 
 _ANY = (_S.READY, _S.PENDING, _S.RUNNING, _S.WAITING_FOR_RESULT, _S.SUCCESS, _S.FAILURE)
 
 
 @performs(*((status, _S.READY) for status in _ANY if status is not _S.READY))
-def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | None:
+def reset(target: Target, *, force: bool = False) -> dict | None:
     """SUCCESS/FAILURE (any status with ``force``) → READY: the operator's override.
 
     Clears the run's step, errors, warnings, progress, task and count of lost workers;
     domain fields and waiting calls are untouched. Returns the state before, or ``None`` if
-    the document is missing, already READY, or (without ``force``) processing.
+    the document is missing, already READY, or (without ``force``) processing. After an
+    ambiguous write that did land, the state before is unknown and the state after is
+    returned.
     """
     allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
     moment = utcnow()
-    return collection.find_one_and_update(
-        {"_id": pk, "process_status": {"$in": [*allowed, None]}},
+    return _find_and_update(
+        target,
+        {"process_status": {"$in": [*allowed, None]}},
         {
             "$set": {
                 "process_status": ProcessStatus.READY.value,
                 "current_process_step": None,
                 "errors": [],
                 "warnings": [],
-                "last_status_message": "Reset to READY by an operator",
+                "last_status_message": _RESET_MESSAGE,
                 "status_changed_at": moment,
                 "celery_task_id": None,
                 "joining": False,
@@ -565,14 +733,18 @@ def reset(collection: Collection, pk: Any, *, force: bool = False) -> dict | Non
                 "progress_total": None,
             }
         },
+        lambda state: _is(state, process_status=_S.READY.value,
+                          last_status_message=_RESET_MESSAGE, celery_task_id=None),
+        before=True,
         projection=_PROJECTION,
-        return_document=ReturnDocument.BEFORE,
     )
 
 
+_RESET_MESSAGE = "Reset to READY by an operator"
+
+
 def add_warnings(
-    collection: Collection,
-    pk: Any,
+    target: Target,
     task_id: str | None,
     messages: Sequence[str],
     *,
@@ -582,16 +754,15 @@ def add_warnings(
 
     ``progress`` is written in the same command, as with :func:`set_step`.
     """
-    update: dict[str, Any] = {"$push": {"warnings": {"$each": list(messages)}}}
+    texts = list(messages)
+    update: dict[str, Any] = {"$push": {"warnings": {"$each": texts}}}
     if progress:
         update["$set"] = _progress_fields(progress)
-    result = collection.update_one(
-        {"_id": pk, "process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
+    return _update(
+        target,
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
         update,
+        lambda state: _is(state, process_status=_S.RUNNING.value, celery_task_id=task_id)
+        and list(state.get("warnings") or [])[-len(texts):] == texts,
+        matched=True,
     )
-    return result.matched_count == 1
-
-
-def read_state(collection: Collection, pk: Any) -> dict | None:
-    """The state fields as stored now (to explain a lost condition), or ``None`` if gone."""
-    return collection.find_one({"_id": pk}, _PROJECTION)

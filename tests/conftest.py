@@ -52,6 +52,24 @@ def mongodb_uri(service_log_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def replica_set_uri(service_log_dir: Path) -> Iterator[str]:
+    """A second MongoDB-protocol server for this session, advertising a single-node replica
+    set, with test commands (``configureFailPoint``/``failCommand``) enabled.
+
+    ``PROCSTATUS_TEST_REPLICA_SET_URI`` names one instead (a mongod replica set started
+    with ``--setParameter enableTestCommands=1``).
+    """
+    if os.environ.get("PROCSTATUS_TEST_REPLICA_SET_URI"):
+        yield os.environ["PROCSTATUS_TEST_REPLICA_SET_URI"]
+        return
+    server = services.start_secantus(service_log_dir, replica_set=True, test_commands=True)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def mongo_client(mongodb_uri: str) -> Iterator[pymongo.MongoClient]:
     client: pymongo.MongoClient = pymongo.MongoClient(mongodb_uri)
     try:

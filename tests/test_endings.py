@@ -48,6 +48,7 @@ from tests.support.models import (
     gate_key,
     runs_key,
 )
+from tests.unit.compat import at
 
 pytestmark = pytest.mark.integration
 
@@ -140,10 +141,10 @@ def test_the_sweeper_sends_a_missed_join_and_never_runs_it_itself(worker, redis_
 
     # Now a wait whose notification was lost: written straight into WAITING_FOR_RESULT.
     collection = BlockingJoinParent._get_collection()
-    procstatus.transitions.schedule(collection, parent.pk, "wait", "lost-notification")
-    procstatus.transitions.start(collection, parent.pk, "lost-notification",
+    procstatus.transitions.schedule(at(collection, parent.pk), "wait", "lost-notification")
+    procstatus.transitions.start(at(collection, parent.pk), "lost-notification",
                                  procstatus.transitions.WorkerRef(hostname="gone@nowhere"))
-    procstatus.transitions.complete(collection, parent.pk, "lost-notification",
+    procstatus.transitions.complete(at(collection, parent.pk), "lost-notification",
                                     ProcessStatus.WAITING_FOR_RESULT, message="waiting")
 
     def join_sent() -> bool:

@@ -35,12 +35,19 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 def test_docker_compose_parses_and_matches_the_readme():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"mongo", "redis", "worker", "demo"} <= set(services)
-    assert services["mongo"]["image"].split(":")[0] == "mongo"  # the official image
+    assert {"mongo", "mongo2", "mongo3", "mongo-init", "redis", "worker", "demo"} <= set(services)
+    members = ("mongo", "mongo2", "mongo3")
+    for member in (*members, "mongo-init"):
+        assert services[member]["image"].split(":")[0] == "mongo"  # the official image
+    for member in members:
+        assert services[member]["command"][:3] == ["mongod", "--replSet", "rs0"]
+    init = " ".join(services["mongo-init"]["command"])
+    assert all(f"{member}:27017" in init for member in members) and 'rs.initiate' in init
+    replica_set_uri = "mongodb://mongo:27017,mongo2:27017,mongo3:27017/?replicaSet=rs0"
     assert services["redis"]["image"].split(":")[0] == "redis"
     for name in ("worker", "demo"):
         env = services[name]["environment"]
-        assert env["MONGODB_URI"] == "mongodb://mongo:27017"
+        assert env["MONGODB_URI"] == replica_set_uri
         assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
         assert set(services[name]["depends_on"]) <= set(services)
     assert "celery -A examples.upload_app worker" in services["worker"]["command"]

@@ -93,7 +93,7 @@ def reset(
     counted = tally()
     plan: list[tuple[Source, Any, str]] = []
     for source, pk in counted.located(session, ids, class_name):
-        state = transitions.read_state(source.collection, pk) or {}
+        state = transitions.read_state(source.target(pk)) or {}
         refusal = actions.reset_refusal(
             source, pk, state, force=force,
             hint="Cancel it first (procstatus cancel), or pass --force",

@@ -51,7 +51,7 @@ def cancel_document(source: Source, pk: Any, *, terminate: bool = False) -> Outc
     """``Proc.cancel()`` on the document: FAILURE "cancelled"."""
     if source.cls is None:
         raise OperatorError(f"cancel needs the class of {label(source, pk)}: pass -A MODULE")
-    before = transitions.read_state(source.collection, pk) or {}
+    before = transitions.read_state(source.target(pk)) or {}
     proc = source.cls.objects(pk=pk).first()  # type: ignore[attr-defined]
     if proc is None or not proc.cancel(terminate=terminate):
         now_status = proc.process_status if proc is not None else "deleted"
@@ -85,7 +85,7 @@ def reset_refusal(
 def reset_document(source: Source, pk: Any, *, force: bool = False) -> Outcome:
     """The state machine's operator override (:func:`procstatus.transitions.reset`):
     back to READY; logged. Check :func:`reset_refusal` first."""
-    before = transitions.reset(source.collection, pk, force=force)
+    before = transitions.reset(source.target(pk), force=force)
     if before is None:
         return Outcome(False, f"{label(source, pk)} changed meanwhile: not reset")
     was = before.get("process_status")
@@ -164,7 +164,7 @@ def perform(action: str, source: Source, pk: Any, *, terminate: bool = False) ->
         return cancel_document(source, pk, terminate=terminate)
     if action == "reset":
         refusal = reset_refusal(
-            source, pk, transitions.read_state(source.collection, pk), force=False,
+            source, pk, transitions.read_state(source.target(pk)), force=False,
             hint="Cancel it first",
         )
         if refusal is not None:

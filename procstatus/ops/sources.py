@@ -3,17 +3,20 @@
 A :class:`Source` is one collection of ``Proc`` documents: with the app's classes known
 (``-A``), named after its class; without, after the collection itself, found by
 :func:`discover`. :func:`select` picks the ones a class name names. This module imports
-neither Celery nor mongoengine's documents.
+no Celery; it reads a known class's shard key, nothing else of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from procstatus import transitions
+from procstatus.document import shard_fields
 from procstatus.liveness import WORKERS_COLLECTION
 
 STATUS_CHANGED_INDEX: list[tuple[str, int]] = [("process_status", 1), ("status_changed_at", 1)]
@@ -39,6 +42,12 @@ class Source:
     @property
     def collection_name(self) -> str:
         return str(self.collection.name)
+
+    def target(self, pk: Any) -> transitions.Target:
+        """How the state machine addresses document ``pk`` here: durable writes, primary
+        reads, and the class's shard key when the class is known."""
+        fields = shard_fields(self.cls) if self.cls is not None else ()
+        return transitions.target(self.collection, pk, fields)
 
     def status_hint(self) -> list[tuple[str, int]] | None:
         """The status index that list queries name as their hint when they need one

@@ -15,6 +15,7 @@ from procstatus import ProcessStatus, transitions
 from procstatus.messages import MessageRejected, ProcessCall, resolve
 from procstatus.spec import MAX_ARGUMENT_BYTES, check_arguments, process_spec
 from tests.unit import compat
+from tests.unit.compat import at
 from tests.unit.fakes import FakePublisher
 from tests.unit.models import UnitAbstractProc, UnitHooks, UnitJob, UnitPlainDocument
 
@@ -144,7 +145,7 @@ def test_each_dispatch_gets_a_new_task_id(publisher):
     job.noop()
     coll = job._get_collection()
     compat.start(coll, job.pk, job.celery_task_id, "h")
-    transitions.complete(coll, job.pk, job.celery_task_id, S.SUCCESS, message="m")
+    transitions.complete(at(coll, job.pk), job.celery_task_id, S.SUCCESS, message="m")
     job.noop()
     ids = [c["task_id"] for c in publisher.calls]
     assert len(ids) == 2 and ids[0] != ids[1]
@@ -156,11 +157,11 @@ def test_each_dispatch_gets_a_new_task_id(publisher):
 def test_dispatch_while_processing_raises_and_publishes_nothing(publisher, status):
     job = UnitJob.create(name="n")
     coll = job._get_collection()
-    transitions.schedule(coll, job.pk, "takes", "t-first")
+    transitions.schedule(at(coll, job.pk), "takes", "t-first")
     if status is not S.PENDING:
         compat.start(coll, job.pk, "t-first", "h")
     if status is S.WAITING_FOR_RESULT:
-        transitions.complete(coll, job.pk, "t-first", S.WAITING_FOR_RESULT, message="w")
+        transitions.complete(at(coll, job.pk), "t-first", S.WAITING_FOR_RESULT, message="w")
     before = raw(job)
     with pytest.raises(procstatus.ProcessAlreadyRunning) as info:
         job.noop()  # the in-memory copy still says READY: the database decides
@@ -208,10 +209,10 @@ def test_failed_publish_restores_the_previous_state_exactly(monkeypatch, error):
     job = UnitJob.create(name="n")
     coll = job._get_collection()
     # A previous run ended in FAILURE with errors and warnings.
-    transitions.schedule(coll, job.pk, "fail_with", "t-old")
+    transitions.schedule(at(coll, job.pk), "fail_with", "t-old")
     compat.start(coll, job.pk, "t-old", "old-host")
-    transitions.add_warnings(coll, job.pk, "t-old", ["old warning"])
-    transitions.complete(coll, job.pk, "t-old", S.FAILURE, message="old", errors=["E: old"])
+    transitions.add_warnings(at(coll, job.pk), "t-old", ["old warning"])
+    transitions.complete(at(coll, job.pk), "t-old", S.FAILURE, message="old", errors=["E: old"])
     before = raw(job)
     job.reload()
     with pytest.raises(type(error)):

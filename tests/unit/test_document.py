@@ -12,6 +12,7 @@ from bson import ObjectId
 import procstatus
 from procstatus import Proc, ProcessStatus, runner, transitions
 from tests.unit import compat
+from tests.unit.compat import at
 from tests.unit.models import UnitIndexed, UnitJob
 
 S = ProcessStatus
@@ -27,7 +28,7 @@ def make_running(job, process="noop", task_id=None):
     """Drive ``job`` to RUNNING through the state machine, as a worker would."""
     task_id = task_id or f"task-{ObjectId()}"
     coll = job._get_collection()
-    assert transitions.schedule(coll, job.pk, process, task_id) is not None
+    assert transitions.schedule(at(coll, job.pk), process, task_id) is not None
     assert compat.start(coll, job.pk, task_id, "unit-host") is not None
     job.reload()
     runner.attach(job, task_id)  # the claimed copy, as a worker's claim makes it
@@ -156,13 +157,13 @@ def test_status_field_write_message_names_every_field_and_the_document():
 def test_saving_domain_fields_does_not_touch_status_fields():
     job = UnitJob.create(name="old")  # in memory: READY
     make_running(UnitJob.objects.get(pk=job.pk), task_id="t-live")
-    state_before = transitions.read_state(job._get_collection(), job.pk)
+    state_before = transitions.read_state(at(job._get_collection(), job.pk))
     job.name = "new"  # a stale copy that still believes READY
     job.counter = 3
     job.save()
     stored = raw(job)
     assert stored["name"] == "new" and stored["counter"] == 3
-    assert transitions.read_state(job._get_collection(), job.pk) == state_before
+    assert transitions.read_state(at(job._get_collection(), job.pk)) == state_before
     assert stored["process_status"] == "RUNNING"
 
 
@@ -255,7 +256,7 @@ def test_warning_outside_a_running_process_raises_not_running():
 
 def test_block_until_complete_times_out_naming_the_status():
     job = UnitJob.create(name="n")
-    transitions.schedule(job._get_collection(), job.pk, "noop", "t1")
+    transitions.schedule(at(job._get_collection(), job.pk), "noop", "t1")
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"still PENDING \(noop: None\) after 0.3s"):
         job.block_until_complete(timeout=0.3, interval=0.02)
@@ -267,7 +268,7 @@ def test_block_until_complete_times_out_naming_the_status():
 def test_block_until_complete_returns_the_final_status(final):
     job = UnitJob.create(name="n")
     make_running(job, task_id="t1")
-    assert transitions.complete(job._get_collection(), job.pk, "t1", final, message="m")
+    assert transitions.complete(at(job._get_collection(), job.pk), "t1", final, message="m")
     assert job.block_until_complete(timeout=5) is final
     assert job.process_status is final
     assert job.last_status_message == "m"
@@ -283,7 +284,9 @@ def test_block_until_complete_sees_a_completion_from_another_thread():
     make_running(job, task_id="t1")
     coll = job._get_collection()
     completer = threading.Thread(
-        target=transitions.complete, args=(coll, job.pk, "t1", S.SUCCESS), kwargs={"message": "m"}
+        target=transitions.complete,
+        args=(at(coll, job.pk), "t1", S.SUCCESS),
+        kwargs={"message": "m"},
     )
     completer.start()
     try:
@@ -303,7 +306,7 @@ def test_reload_status_reads_only_status_fields():
     job = UnitJob.create(name="local")
     coll = job._get_collection()
     coll.update_one({"_id": job.pk}, {"$set": {"name": "remote"}})
-    transitions.schedule(coll, job.pk, "noop", "t1")
+    transitions.schedule(at(coll, job.pk), "noop", "t1")
     assert job.reload_status() is S.PENDING
     assert job.celery_task_id == "t1"
     assert job.current_process == "noop"

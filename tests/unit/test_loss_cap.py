@@ -23,6 +23,7 @@ from procstatus.endings import Ending, RunRef
 from procstatus.messages import ProcessCall
 from procstatus.spec import process_spec
 from procstatus.transitions import WorkerLoss, WorkerRef
+from tests.unit.compat import at
 
 S = ProcessStatus
 LONG_AGO = datetime(2020, 1, 2, 3, 4, 5)
@@ -56,7 +57,7 @@ def stored(coll, pk):
 
 def send_back(coll, doc, loss, task_id="task-1"):
     return transitions.back_to_pending(
-        coll, doc["_id"], task_id, message="again", warning="lost", loss=loss
+        at(coll, doc["_id"]), task_id, message="again", warning="lost", loss=loss
     )
 
 
@@ -88,7 +89,7 @@ def test_a_cap_of_zero_sends_back_even_a_run_without_a_count_only_once(coll):
 
 def test_a_retry_of_the_body_is_no_worker_loss(coll):
     doc = running(coll, 3)
-    assert transitions.back_to_pending(coll, doc["_id"], "task-1", message="m", warning="w")
+    assert transitions.back_to_pending(at(coll, doc["_id"]), "task-1", message="m", warning="w")
     assert stored(coll, doc["_id"])["worker_losses"] == 3  # neither counted nor capped
 
 
@@ -98,7 +99,8 @@ def test_a_loss_naming_its_attempt_leaves_another_attempt_alone(coll):
     doc = running(coll, 0, worker_instance="instance-b", worker_pid=5001)
     assert send_back(coll, doc, WorkerLoss(3, "instance-a", 4001)) is False
     assert transitions.fail_run(
-        coll, doc["_id"], "task-1", "crunch", "e", over_cap=WorkerLoss(0, "instance-a", 4001)
+        at(coll, doc["_id"]), "task-1", "crunch", "e",
+        over_cap=WorkerLoss(0, "instance-a", 4001),
     ) is False
     assert stored(coll, doc["_id"]) == doc
     assert send_back(coll, doc, WorkerLoss(3, "instance-b", 5001)) is True
@@ -115,7 +117,7 @@ def test_a_reclaim_counts_the_loss_within_the_cap(coll, losses, cap, won):
     doc = running(coll, losses)
     lost = {"worker_instance": "instance-a", "worker_pid": 4001}
     taken = transitions.reclaim(
-        coll, doc["_id"], "task-1", lost, WorkerRef("h", "instance-b", 5001), "lost",
+        at(coll, doc["_id"]), "task-1", lost, WorkerRef("h", "instance-b", 5001), "lost",
         loss_cap=cap,
     )
     assert (taken is not None) is won
@@ -129,7 +131,9 @@ def test_a_reclaim_counts_the_loss_within_the_cap(coll, losses, cap, won):
 @pytest.mark.parametrize(("losses", "won"), [(0, True), (2, True), (3, False)])
 def test_a_join_given_back_counts_the_loss_within_the_cap(coll, losses, won):
     doc = running(coll, losses, joining=True)
-    moved = transitions.abandon_join(coll, doc["_id"], "task-1", warning="w", loss=WorkerLoss(3))
+    moved = transitions.abandon_join(
+        at(coll, doc["_id"]), "task-1", warning="w", loss=WorkerLoss(3)
+    )
     assert moved is won
     after = stored(coll, doc["_id"])
     if won:
@@ -144,7 +148,7 @@ def test_a_join_given_back_counts_the_loss_within_the_cap(coll, losses, won):
 def test_the_ending_past_the_cap_needs_the_cap_reached(coll, losses, cap, won):
     doc = running(coll, losses)
     ended = transitions.fail_run(
-        coll, doc["_id"], "task-1", "crunch", "too often", frozenset({S.RUNNING}),
+        at(coll, doc["_id"]), "task-1", "crunch", "too often", frozenset({S.RUNNING}),
         over_cap=WorkerLoss(cap, "instance-a", 4001),
     )
     assert ended is won
@@ -159,12 +163,12 @@ def test_the_ending_past_the_cap_needs_the_cap_reached(coll, losses, cap, won):
 def test_a_new_run_starts_with_no_loss_and_a_failed_publish_restores_the_count(coll):
     doc = running(coll, 4)
     coll.update_one({"_id": doc["_id"]}, {"$set": {"process_status": "FAILURE"}})
-    before = transitions.schedule(coll, doc["_id"], "crunch", "task-2")
+    before = transitions.schedule(at(coll, doc["_id"]), "crunch", "task-2")
     assert before["worker_losses"] == 4
     assert stored(coll, doc["_id"])["worker_losses"] == 0
-    assert transitions.unschedule(coll, doc["_id"], "task-2", before)
+    assert transitions.unschedule(at(coll, doc["_id"]), "task-2", before)
     assert stored(coll, doc["_id"])["worker_losses"] == 4
-    assert transitions.reset(coll, doc["_id"]) is not None
+    assert transitions.reset(at(coll, doc["_id"])) is not None
     assert stored(coll, doc["_id"])["worker_losses"] == 0
 
 

@@ -76,6 +76,7 @@ from procstatus.messages import JoinCall, ProcessCall, json_pk
 from procstatus.spec import process_spec
 from procstatus.status import COMPLETED, LEGAL_TRANSITIONS, PROCESSING, SCHEDULABLE
 from procstatus.transitions import EDGES_BY_WRITE, WorkerRef
+from tests.unit.compat import at
 from tests.unit.fakes import FakePublisher
 
 S = ProcessStatus
@@ -408,7 +409,7 @@ class StateModel(RuleBasedStateMachine):
     def observe(self, name, original, args, kwargs):
         """Run one write of ``transitions`` and check it (invariants 1, 2, 3 and 5)."""
         arguments = _SIGNATURES[name].bind(*args, **kwargs).arguments
-        collection, pk = arguments["collection"], arguments["pk"]
+        collection, pk = arguments["target"].collection, arguments["target"].pk
         if collection.name not in OUR_COLLECTIONS or pk not in self.by_pk:
             return original(*args, **kwargs)
         before = collection.find_one({"_id": pk})
@@ -421,7 +422,7 @@ class StateModel(RuleBasedStateMachine):
     def check_write(self, name, arguments, before, after, won):
         """One write, seen from its document (the others are compared with the model after
         every step)."""
-        pk = arguments["pk"]
+        pk = arguments["target"].pk
         old, new = S(before["process_status"]), S(after["process_status"])
         STATS[f"{name} {'won' if won else 'lost'} in {old}"] += 1
         if won:
@@ -466,7 +467,7 @@ class StateModel(RuleBasedStateMachine):
     def do_schedule(self, d, process_name):
         task = self.fresh("task")
         arguments = {"args": [d.key], "kwargs": {"n": self.counter}}
-        before = transitions.schedule(d.coll, d.pk, process_name, task, arguments)
+        before = transitions.schedule(at(d.coll, d.pk), process_name, task, arguments)
         if d.status in SCHEDULABLE:
             assert before is not None, f"schedule of {d.key} in {d.status} lost"
             assert (before["process_status"], before.get("celery_task_id")) == (
@@ -482,7 +483,7 @@ class StateModel(RuleBasedStateMachine):
             assert before is None, f"schedule of {d.key} won while {d.status}"
 
     def do_start(self, d, task, worker):
-        document = transitions.start(d.coll, d.pk, task, worker)
+        document = transitions.start(at(d.coll, d.pk), task, worker)
         if d.status is S.PENDING and task == d.task:
             assert document is not None and document["process_status"] == "RUNNING"
             d.status, d.worker, d.aged = S.RUNNING, worker, False
@@ -491,7 +492,7 @@ class StateModel(RuleBasedStateMachine):
 
     def do_complete(self, d, task, status, errors, notify):
         joins_before = len(self.join_publisher.calls)
-        won = transitions.complete(d.coll, d.pk, task, status, message="done", errors=errors)
+        won = transitions.complete(at(d.coll, d.pk), task, status, message="done", errors=errors)
         expected = d.status is S.RUNNING and task == d.task
         assert won == expected, f"complete({d.key}, {task}, {status}) → {won}"
         if won:
@@ -711,7 +712,7 @@ class StateModel(RuleBasedStateMachine):
             return
         task = self.task_for(d, which, data)
         before_image, saved = d.undo
-        won = transitions.unschedule(d.coll, d.pk, task, before_image)
+        won = transitions.unschedule(at(d.coll, d.pk), task, before_image)
         expected = d.status is S.PENDING and task == d.task
         assert won == expected, f"unschedule({d.key}, {task}) → {won} in {d.status}"
         if won:
@@ -730,7 +731,7 @@ class StateModel(RuleBasedStateMachine):
         self.do_start(d, task, self.workers[worker])
         if duplicate:  # the same message delivered again, to another worker: it cannot start
             again = (worker + 1) % 3
-            assert transitions.start(d.coll, d.pk, task, self.workers[again]) is None
+            assert transitions.start(at(d.coll, d.pk), task, self.workers[again]) is None
             # ... and takes over only a run lost on the worker it names (the runner's claim).
             self.do_reclaim(d, task, again, matching)
 
@@ -750,7 +751,9 @@ class StateModel(RuleBasedStateMachine):
         new = self.workers[worker]
         cap = d.cap()
         joins_before = len(self.join_publisher.calls)
-        document = transitions.reclaim(d.coll, d.pk, task, lost, new, "a test", loss_cap=cap)
+        document = transitions.reclaim(
+            at(d.coll, d.pk), task, lost, new, "a test", loss_cap=cap
+        )
         lost_here = (
             d.status is S.RUNNING and task == d.task and d.worker is not None
             and (d.worker.instance, d.worker.pid) == (lost_run.instance, lost_run.pid)
@@ -789,7 +792,7 @@ class StateModel(RuleBasedStateMachine):
         new_task = self.fresh("task") if new_id else None
         loss, on_attempt = self.loss_of(d, named) if lost else (None, True)
         won = transitions.back_to_pending(
-            d.coll, d.pk, task, message="again", warning=f"retry {self.counter}",
+            at(d.coll, d.pk), task, message="again", warning=f"retry {self.counter}",
             new_task_id=new_task, loss=loss,
         )
         expected = d.status is S.RUNNING and task == d.task and on_attempt and (
@@ -898,7 +901,7 @@ class StateModel(RuleBasedStateMachine):
         task = self.task_for(d, which, data)
         process_name = d.process if right_process else "not_this_one"
         error = f"cancelled {self.counter}"
-        won = transitions.fail_run(d.coll, d.pk, task, process_name, error, statuses)
+        won = transitions.fail_run(at(d.coll, d.pk), task, process_name, error, statuses)
         expected = d.status in statuses and task == d.task and process_name == d.process
         assert won == expected, f"fail_run({d.key}, {task}) → {won} in {d.status}"
         if won:
@@ -918,7 +921,7 @@ class StateModel(RuleBasedStateMachine):
         process_name = d.process if right_process or send_again else "not_this_one"
         call = None
         if send_again:
-            call = ProcessCall.from_state(d.cls, transitions.read_state(d.coll, d.pk))
+            call = ProcessCall.from_state(d.cls, transitions.read_state(at(d.coll, d.pk)))
             if call is None:
                 send_again = False
         error = f"ended {self.counter}"
@@ -987,7 +990,7 @@ class StateModel(RuleBasedStateMachine):
 
         def claim(i):
             barrier.wait()
-            return _ORIGINAL["begin_join"](d.coll, d.pk, ids[i], refs[i])
+            return _ORIGINAL["begin_join"](at(d.coll, d.pk), ids[i], refs[i])
 
         before = self.snapshot()
         with ThreadPoolExecutor(n) as pool:
@@ -1051,7 +1054,7 @@ class StateModel(RuleBasedStateMachine):
     def reset(self, force, data):
         """The operator's override: SUCCESS/FAILURE (anything, with ``force``) → READY."""
         d = self.pick(data, PROCESSING | COMPLETED if force else COMPLETED)
-        before = transitions.reset(d.coll, d.pk, force=force)
+        before = transitions.reset(at(d.coll, d.pk), force=force)
         if d.status in COMPLETED or (force and d.status is not S.READY):
             assert before is not None, f"reset(force={force}) of {d.key} in {d.status} lost"
             assert (before["process_status"], before.get("celery_task_id")) == (
@@ -1099,7 +1102,7 @@ class StateModel(RuleBasedStateMachine):
         try:
             for stored in processing:
                 ended = _ORIGINAL["fail_run"](
-                    scratch, stored["_id"], stored.get("celery_task_id"),
+                    at(scratch, stored["_id"]), stored.get("celery_task_id"),
                     stored.get("current_process"), "probe",
                 )
                 key = self.by_pk[stored["_id"]].key

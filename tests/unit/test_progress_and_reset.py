@@ -8,6 +8,7 @@ import pytest
 
 import procstatus
 from procstatus import ProcessStatus, runner, runtime, sweeper, transitions
+from tests.unit.compat import at
 from tests.unit.models import UnitJob
 from tests.unit.test_document import make_running
 
@@ -64,7 +65,7 @@ def test_a_new_run_clears_the_progress_of_the_last():
     make_running(job)
     job.set_progress(5, 5)
     runner.finish(job, None)
-    transitions.schedule(job._get_collection(), job.pk, "noop", "t-next")
+    transitions.schedule(at(job._get_collection(), job.pk), "noop", "t-next")
     assert raw(job)["progress_done"] is None and raw(job)["progress_total"] is None
 
 
@@ -73,22 +74,22 @@ def test_reset_refuses_a_processing_document_unless_forced_and_keeps_domain_fiel
     make_running(job)
     job.warning("w")
     coll = job._get_collection()
-    assert transitions.reset(coll, job.pk) is None
+    assert transitions.reset(at(coll, job.pk)) is None
     assert raw(job)["process_status"] == "RUNNING"
-    before = transitions.reset(coll, job.pk, force=True)
+    before = transitions.reset(at(coll, job.pk), force=True)
     assert before is not None and before["process_status"] == "RUNNING"
     after = raw(job)
     assert after["process_status"] == "READY" and after["warnings"] == []
     assert after["errors"] == [] and after["current_process_step"] is None
     assert after["name"] == "domain value" and after["celery_task_id"] is None
-    assert transitions.reset(coll, job.pk) is None  # already READY: nothing to do
+    assert transitions.reset(at(coll, job.pk)) is None  # already READY: nothing to do
 
 
 def test_reset_of_a_failure_clears_its_errors():
     job = UnitJob.create(name="failed")
     make_running(job)
     runner.fail(job, ValueError("boom"))
-    assert transitions.reset(job._get_collection(), job.pk)["errors"] == ["ValueError: boom"]
+    assert transitions.reset(at(job._get_collection(), job.pk))["errors"] == ["ValueError: boom"]
     assert raw(job)["errors"] == [] and raw(job)["process_status"] == "READY"
 
 

@@ -15,6 +15,7 @@ from pymongo.collection import Collection
 
 from devtools.services import wait_for
 from procstatus import ProcessStatus, runner, runtime, transitions
+from tests.unit.compat import at
 from tests.unit.models import UnitJob
 from tests.unit.test_document import make_running
 
@@ -141,7 +142,7 @@ def test_a_trailing_write_after_the_run_ended_elsewhere_is_refused_quietly(
     job.set_progress(2, 3)
     timer = job._progress_timer
     assert timer is not None
-    assert transitions.fail_run(job._get_collection(), job.pk, task_id, "noop", "cancelled")
+    assert transitions.fail_run(at(job._get_collection(), job.pk), task_id, "noop", "cancelled")
     with caplog.at_level(logging.DEBUG, logger="procstatus"):
         timer.join(10)
     assert not timer.is_alive()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from procstatus import transitions
+from tests.unit.compat import at
 from tests.unit.models import UnitJob
 from tests.unit.test_document import make_running
 
@@ -27,10 +28,10 @@ def test_a_step_or_warning_carries_progress_and_nothing_else(write: str) -> None
     coll = job._get_collection()
     held = {"progress_done": 2, "progress_total": 3, "process_status": "SUCCESS"}
     if write == "set_step":
-        assert transitions.set_step(coll, job.pk, task_id, "x", progress=held) is True
+        assert transitions.set_step(at(coll, job.pk), task_id, "x", progress=held) is True
         assert raw(job)["current_process_step"] == "x"
     else:
-        assert transitions.add_warnings(coll, job.pk, task_id, ["w"], progress=held) is True
+        assert transitions.add_warnings(at(coll, job.pk), task_id, ["w"], progress=held) is True
         assert raw(job)["warnings"] == ["w"]
     after = raw(job)
     assert (after["progress_done"], after["progress_total"]) == (2, 3)
@@ -44,9 +45,9 @@ def test_a_step_or_warning_carrying_progress_is_refused_whole_for_another_run(wr
     coll, held = job._get_collection(), {"progress_done": 2, "progress_total": 3}
     before = raw(job)
     if write == "set_step":
-        assert transitions.set_step(coll, job.pk, "t-other", "x", progress=held) is False
-        assert transitions.set_step(coll, job.pk, None, "x", progress=held) is False
+        assert transitions.set_step(at(coll, job.pk), "t-other", "x", progress=held) is False
+        assert transitions.set_step(at(coll, job.pk), None, "x", progress=held) is False
     else:
-        assert transitions.add_warnings(coll, job.pk, "t-other", ["w"], progress=held) is False
-        assert transitions.add_warnings(coll, job.pk, None, ["w"], progress=held) is False
+        assert transitions.add_warnings(at(coll, job.pk), "t-other", ["w"], progress=held) is False
+        assert transitions.add_warnings(at(coll, job.pk), None, ["w"], progress=held) is False
     assert raw(job) == before

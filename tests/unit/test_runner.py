@@ -11,6 +11,7 @@ from bson import ObjectId
 from procstatus import ProcessFailure, ProcessStatus, failures, runner, transitions
 from procstatus.messages import resolve
 from tests.unit import compat
+from tests.unit.compat import at
 from tests.unit.models import UnitHooks, UnitJob
 
 S = ProcessStatus
@@ -26,7 +27,7 @@ def scheduled(cls, method, *args, task_id=None, fields=None, **kwargs):
     """A new document of ``cls`` made PENDING for ``method`` as dispatch would do it."""
     proc = cls.create(**(fields or {}))
     task_id = task_id or f"task-{ObjectId()}"
-    assert transitions.schedule(cls._get_collection(), proc.pk, method, task_id) is not None
+    assert transitions.schedule(at(cls._get_collection(), proc.pk), method, task_id) is not None
     call = resolve([cls.__name__, str(proc.pk), method, list(args), kwargs], {})
     return call, task_id
 
@@ -266,7 +267,7 @@ def test_finish_of_a_superseded_run_writes_nothing(caplog):
     coll = UnitJob._get_collection()
     # The run was failed from outside and a new process was called meanwhile.
     assert compat.fail_unclaimed(coll, run.proc.pk, run.task_id, "WorkerLostError: x")
-    assert transitions.schedule(coll, run.proc.pk, "noop", "t-new") is not None
+    assert transitions.schedule(at(coll, run.proc.pk), "noop", "t-new") is not None
     before = raw(UnitJob, run.proc.pk)
     with caplog.at_level(logging.WARNING, logger="procstatus"):
         assert runner.finish(run.proc, None) is None

@@ -11,6 +11,7 @@ from bson import ObjectId
 from procstatus import ProcessStatus, transitions
 from procstatus.transitions import STATE_FIELDS
 from tests.unit import compat
+from tests.unit.compat import at
 
 S = ProcessStatus
 OLD_TIME = datetime(2020, 1, 2, 3, 4, 5, 678000)
@@ -48,7 +49,7 @@ def stored(coll, pk):
 @pytest.mark.parametrize("status", [S.READY, S.SUCCESS, S.FAILURE], ids=str)
 def test_schedule_from_schedulable_wins_and_returns_the_before_image(coll, status):
     doc = insert(coll, status)
-    before = transitions.schedule(coll, doc["_id"], "crunch", "task-2")
+    before = transitions.schedule(at(coll, doc["_id"]), "crunch", "task-2")
     assert before is not None
     # The projection: the state fields as they were, nothing else.
     assert before == {k: doc[k] for k in ("_id", *STATE_FIELDS) if k in doc}
@@ -68,22 +69,22 @@ def test_schedule_from_schedulable_wins_and_returns_the_before_image(coll, statu
 @pytest.mark.parametrize("status", [S.PENDING, S.RUNNING, S.WAITING_FOR_RESULT], ids=str)
 def test_schedule_while_processing_returns_none_and_changes_nothing(coll, status):
     doc = insert(coll, status)
-    assert transitions.schedule(coll, doc["_id"], "crunch", "task-2") is None
+    assert transitions.schedule(at(coll, doc["_id"]), "crunch", "task-2") is None
     assert stored(coll, doc["_id"]) == doc
 
 
 def test_schedule_of_a_document_without_status_field_counts_as_ready(coll):
     # Saved before its class became a Proc: it reads as READY, so it can be scheduled.
     pk = coll.insert_one({"name": "legacy"}).inserted_id
-    assert transitions.schedule(coll, pk, "crunch", "t") == {"_id": pk}
+    assert transitions.schedule(at(coll, pk), "crunch", "t") == {"_id": pk}
     after = stored(coll, pk)
     assert (after["process_status"], after["name"]) == ("PENDING", "legacy")
 
 
 def test_second_schedule_loses(coll):
     doc = insert(coll, S.READY)
-    assert transitions.schedule(coll, doc["_id"], "a", "t-a") is not None
-    assert transitions.schedule(coll, doc["_id"], "b", "t-b") is None
+    assert transitions.schedule(at(coll, doc["_id"]), "a", "t-a") is not None
+    assert transitions.schedule(at(coll, doc["_id"]), "b", "t-b") is None
     after = stored(coll, doc["_id"])
     assert (after["current_process"], after["celery_task_id"]) == ("a", "t-a")
 
@@ -92,20 +93,20 @@ def test_second_schedule_loses(coll):
 
 
 MISSING_CALLS = {
-    "schedule": lambda c, pk: transitions.schedule(c, pk, "p", "t"),
+    "schedule": lambda c, pk: transitions.schedule(at(c, pk), "p", "t"),
     "unschedule": lambda c, pk: transitions.unschedule(
-        c, pk, "t", {"process_status": "READY"}
+        at(c, pk), "t", {"process_status": "READY"}
     ),
     "start": lambda c, pk: compat.start(c, pk, "t", "host"),
-    "complete": lambda c, pk: transitions.complete(c, pk, "t", S.SUCCESS, message="m"),
+    "complete": lambda c, pk: transitions.complete(at(c, pk), "t", S.SUCCESS, message="m"),
     "complete_failure": lambda c, pk: transitions.complete(
-        c, pk, "t", S.FAILURE, message="m", errors=["e"]
+        at(c, pk), "t", S.FAILURE, message="m", errors=["e"]
     ),
     "fail_unclaimed": lambda c, pk: compat.fail_unclaimed(c, pk, "t", "E: x"),
     "begin_join": lambda c, pk: compat.begin_join(c, pk),
-    "set_step": lambda c, pk: transitions.set_step(c, pk, "t", "step"),
-    "add_warnings": lambda c, pk: transitions.add_warnings(c, pk, "t", ["w"]),
-    "read_state": lambda c, pk: transitions.read_state(c, pk),
+    "set_step": lambda c, pk: transitions.set_step(at(c, pk), "t", "step"),
+    "add_warnings": lambda c, pk: transitions.add_warnings(at(c, pk), "t", ["w"]),
+    "read_state": lambda c, pk: transitions.read_state(at(c, pk)),
 }
 
 
@@ -129,8 +130,8 @@ def test_missing_document_with_other_id_type_is_never_created(coll, name):
 
 def test_unschedule_restores_previous_fields_exactly(coll):
     doc = insert(coll, S.FAILURE)
-    previous = transitions.schedule(coll, doc["_id"], "crunch", "task-2")
-    assert transitions.unschedule(coll, doc["_id"], "task-2", previous) is True
+    previous = transitions.schedule(at(coll, doc["_id"]), "crunch", "task-2")
+    assert transitions.unschedule(at(coll, doc["_id"]), "task-2", previous) is True
     assert stored(coll, doc["_id"]) == doc
 
 
@@ -140,9 +141,9 @@ def test_unschedule_unsets_fields_that_were_absent(coll):
         {"process_status": "READY", "errors": [], "warnings": [], "name": "n"}
     ).inserted_id
     original = stored(coll, pk)
-    previous = transitions.schedule(coll, pk, "crunch", "task-2")
+    previous = transitions.schedule(at(coll, pk), "crunch", "task-2")
     assert previous == {"_id": pk, "process_status": "READY", "errors": [], "warnings": []}
-    assert transitions.unschedule(coll, pk, "task-2", previous) is True
+    assert transitions.unschedule(at(coll, pk), "task-2", previous) is True
     restored = stored(coll, pk)
     assert restored == original
     assert "celery_task_id" not in restored and "status_changed_at" not in restored
@@ -150,18 +151,18 @@ def test_unschedule_unsets_fields_that_were_absent(coll):
 
 def test_unschedule_for_another_task_changes_nothing(coll):
     doc = insert(coll, S.READY)
-    previous = transitions.schedule(coll, doc["_id"], "crunch", "task-2")
+    previous = transitions.schedule(at(coll, doc["_id"]), "crunch", "task-2")
     pending = stored(coll, doc["_id"])
-    assert transitions.unschedule(coll, doc["_id"], "task-other", previous) is False
+    assert transitions.unschedule(at(coll, doc["_id"]), "task-other", previous) is False
     assert stored(coll, doc["_id"]) == pending
 
 
 def test_unschedule_after_the_task_started_changes_nothing(coll):
     doc = insert(coll, S.READY)
-    previous = transitions.schedule(coll, doc["_id"], "crunch", "task-2")
+    previous = transitions.schedule(at(coll, doc["_id"]), "crunch", "task-2")
     compat.start(coll, doc["_id"], "task-2", "h")
     running = stored(coll, doc["_id"])
-    assert transitions.unschedule(coll, doc["_id"], "task-2", previous) is False
+    assert transitions.unschedule(at(coll, doc["_id"]), "task-2", previous) is False
     assert stored(coll, doc["_id"]) == running
 
 
@@ -205,7 +206,7 @@ def test_duplicate_start_loses(coll):
 
 def test_complete_success_from_running(coll):
     doc = insert(coll, S.RUNNING, task_id="t1", errors=[])
-    assert transitions.complete(coll, doc["_id"], "t1", S.SUCCESS, message="done") is True
+    assert transitions.complete(at(coll, doc["_id"]), "t1", S.SUCCESS, message="done") is True
     after = stored(coll, doc["_id"])
     assert after["process_status"] == "SUCCESS"
     assert after["last_status_message"] == "done"
@@ -216,7 +217,7 @@ def test_complete_success_from_running(coll):
 def test_complete_failure_appends_errors(coll):
     doc = insert(coll, S.RUNNING, task_id="t1", errors=["earlier"])
     assert transitions.complete(
-        coll, doc["_id"], "t1", S.FAILURE, message="bad", errors=["E: one", "E: two"]
+        at(coll, doc["_id"]), "t1", S.FAILURE, message="bad", errors=["E: one", "E: two"]
     )
     after = stored(coll, doc["_id"])
     assert after["process_status"] == "FAILURE"
@@ -226,7 +227,7 @@ def test_complete_failure_appends_errors(coll):
 def test_complete_waiting_for_result_sets_no_complete_time(coll):
     doc = insert(coll, S.RUNNING, task_id="t1", complete_time=None)
     assert transitions.complete(
-        coll, doc["_id"], "t1", S.WAITING_FOR_RESULT, message="waiting"
+        at(coll, doc["_id"]), "t1", S.WAITING_FOR_RESULT, message="waiting"
     )
     after = stored(coll, doc["_id"])
     assert after["process_status"] == "WAITING_FOR_RESULT"
@@ -235,7 +236,7 @@ def test_complete_waiting_for_result_sets_no_complete_time(coll):
 
 def test_complete_with_wrong_task_id_changes_nothing(coll):
     doc = insert(coll, S.RUNNING, task_id="t1")
-    assert transitions.complete(coll, doc["_id"], "t2", S.SUCCESS, message="m") is False
+    assert transitions.complete(at(coll, doc["_id"]), "t2", S.SUCCESS, message="m") is False
     assert stored(coll, doc["_id"]) == doc
 
 
@@ -244,19 +245,19 @@ def test_complete_with_wrong_task_id_changes_nothing(coll):
 def test_complete_only_from_running(coll, status, outcome):
     doc = insert(coll, status, task_id="t1")
     assert transitions.complete(
-        coll, doc["_id"], "t1", outcome, message="late", errors=["E: late"]
+        at(coll, doc["_id"]), "t1", outcome, message="late", errors=["E: late"]
     ) is False
     assert stored(coll, doc["_id"]) == doc
 
 
 def test_duplicate_complete_never_overwrites_the_first(coll):
     doc = insert(coll, S.RUNNING, task_id="t1", errors=[])
-    assert transitions.complete(coll, doc["_id"], "t1", S.SUCCESS, message="first")
+    assert transitions.complete(at(coll, doc["_id"]), "t1", S.SUCCESS, message="first")
     first = stored(coll, doc["_id"])
     assert not transitions.complete(
-        coll, doc["_id"], "t1", S.FAILURE, message="second", errors=["E: x"]
+        at(coll, doc["_id"]), "t1", S.FAILURE, message="second", errors=["E: x"]
     )
-    assert not transitions.complete(coll, doc["_id"], "t1", S.SUCCESS, message="third")
+    assert not transitions.complete(at(coll, doc["_id"]), "t1", S.SUCCESS, message="third")
     assert stored(coll, doc["_id"]) == first
 
 
@@ -264,7 +265,7 @@ def test_duplicate_complete_never_overwrites_the_first(coll):
 def test_complete_refuses_non_final_statuses(coll, status):
     doc = insert(coll, S.RUNNING, task_id="t1")
     with pytest.raises(ValueError, match=f"cannot write {status.value}"):
-        transitions.complete(coll, doc["_id"], "t1", status, message="m")
+        transitions.complete(at(coll, doc["_id"]), "t1", status, message="m")
     assert stored(coll, doc["_id"]) == doc
 
 
@@ -346,34 +347,34 @@ def test_begin_join_is_won_by_exactly_one_of_many_threads(coll):
 
 def test_set_step_while_running_with_right_task(coll):
     doc = insert(coll, S.RUNNING, task_id="t1")
-    assert transitions.set_step(coll, doc["_id"], "t1", "reading") is True
+    assert transitions.set_step(at(coll, doc["_id"]), "t1", "reading") is True
     assert stored(coll, doc["_id"])["current_process_step"] == "reading"
     # Writing the same step again still counts as allowed (matched, not modified).
-    assert transitions.set_step(coll, doc["_id"], "t1", "reading") is True
-    assert transitions.set_step(coll, doc["_id"], "t1", None) is True
+    assert transitions.set_step(at(coll, doc["_id"]), "t1", "reading") is True
+    assert transitions.set_step(at(coll, doc["_id"]), "t1", None) is True
     assert stored(coll, doc["_id"])["current_process_step"] is None
 
 
 @pytest.mark.parametrize("status", [s for s in S if s is not S.RUNNING], ids=str)
 def test_set_step_and_add_warnings_refused_when_not_running(coll, status):
     doc = insert(coll, status, task_id="t1")
-    assert transitions.set_step(coll, doc["_id"], "t1", "x") is False
-    assert transitions.add_warnings(coll, doc["_id"], "t1", ["w"]) is False
+    assert transitions.set_step(at(coll, doc["_id"]), "t1", "x") is False
+    assert transitions.add_warnings(at(coll, doc["_id"]), "t1", ["w"]) is False
     assert stored(coll, doc["_id"]) == doc
 
 
 def test_set_step_and_add_warnings_refused_for_another_task(coll):
     doc = insert(coll, S.RUNNING, task_id="t1")
-    assert transitions.set_step(coll, doc["_id"], "t2", "x") is False
-    assert transitions.add_warnings(coll, doc["_id"], "t2", ["w"]) is False
-    assert transitions.set_step(coll, doc["_id"], None, "x") is False
+    assert transitions.set_step(at(coll, doc["_id"]), "t2", "x") is False
+    assert transitions.add_warnings(at(coll, doc["_id"]), "t2", ["w"]) is False
+    assert transitions.set_step(at(coll, doc["_id"]), None, "x") is False
     assert stored(coll, doc["_id"]) == doc
 
 
 def test_add_warnings_appends_in_order(coll):
     doc = insert(coll, S.RUNNING, task_id="t1", warnings=[])
-    assert transitions.add_warnings(coll, doc["_id"], "t1", ["a", "b"])
-    assert transitions.add_warnings(coll, doc["_id"], "t1", ("c",))
+    assert transitions.add_warnings(at(coll, doc["_id"]), "t1", ["a", "b"])
+    assert transitions.add_warnings(at(coll, doc["_id"]), "t1", ("c",))
     assert stored(coll, doc["_id"])["warnings"] == ["a", "b", "c"]
 
 
@@ -382,6 +383,6 @@ def test_add_warnings_appends_in_order(coll):
 
 def test_read_state_projects_state_fields_only(coll):
     doc = insert(coll, S.RUNNING)
-    state = transitions.read_state(coll, doc["_id"])
+    state = transitions.read_state(at(coll, doc["_id"]))
     assert "name" not in state
     assert state == {k: doc[k] for k in ("_id", *STATE_FIELDS) if k in doc}
