@@ -77,13 +77,13 @@ def _break_writes(spec: str) -> None:
         error = AutoReconnect if kind == "transient" else OperationFailure
         limit = int(times[0]) if times else None
 
-        def broken(coll, pk, *args, _original=original, _write=write, _collection=collection,
+        def broken(target, *args, _original=original, _write=write, _collection=collection,
                    _error=error, _limit=limit, **kwargs):  # type: ignore[no-untyped-def]
-            if coll.name == _collection:
-                count = redis_client().incr(f"procstatus-test:fault:{_write}:{pk}")
+            if target.collection.name == _collection:
+                count = redis_client().incr(f"procstatus-test:fault:{_write}:{target.pk}")
                 if _limit is None or count <= _limit:
                     raise _error(f"injected fault: {_write}")
-            return _original(coll, pk, *args, **kwargs)
+            return _original(target, *args, **kwargs)
 
         setattr(transitions, write, broken)
 
