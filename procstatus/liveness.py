@@ -13,6 +13,14 @@ the threshold is first marked *suspected* (:func:`suspect_silent`); its runs are
 lost only once it has stayed silent for a grace of half the threshold after that,
 and its next beat clears the mark. The cost is one more sweep before a dead worker's
 runs are ended.
+
+One clock: every time here is the server's. Heartbeats, suspicions and ``gone_at`` are
+stamped with ``$currentDate``, runs' times are stamped so by :mod:`procstatus.transitions`,
+and every judgement compares them with the server's "now" (:func:`procstatus.clock.server_now`,
+read once per decision), so workers, callers and the sweeper may run on hosts whose
+clocks disagree by any amount. Heartbeats and the ``Proc`` collections are expected on
+one server (or on servers whose clocks agree): a run's times are compared with its
+worker's heartbeat.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -33,7 +41,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from procstatus import connection, runtime
-from procstatus.clock import aware, utcnow
+from procstatus.clock import aware, server_now, server_time
 
 logger = logging.getLogger("procstatus")
 
@@ -41,6 +49,8 @@ WORKERS_COLLECTION = "procstatus_workers"
 PRUNE_HEARTBEATS_AFTER = 24 * 3600.0
 """Seconds after its last beat that a stopped worker's heartbeat document is deleted (by
 the sweeper and by ``procstatus workers --prune``)."""
+NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
+"""The last beat of a heartbeat document that holds no time: silent since ever."""
 
 
 class LossKind(Enum):
@@ -105,7 +115,7 @@ class WorkerBeat:
         return cls(
             instance=document["_id"],
             hostname=document.get("hostname"),
-            heartbeat_at=aware(document["heartbeat_at"]) or utcnow(),
+            heartbeat_at=aware(document.get("heartbeat_at")) or NEVER,
             active=frozenset(document.get("active") or ()),
             stopped=bool(document.get("stopped")),
             suspected_at=aware(document.get("suspected_at")),
@@ -123,17 +133,18 @@ def workers_collection(database: Database | None = None) -> Collection:
 
 
 def beat(collection: Collection, active: Iterable[str], *, stopped: bool = False) -> None:
-    """Record that this worker instance is alive and what it runs (one write)."""
+    """Record that this worker instance is alive and what it runs (one write), at the
+    server's time: this host's clock is never written."""
     collection.update_one(
         {"_id": WorkerIdentity.instance},
         {
             "$set": {
                 "hostname": WorkerIdentity.hostname,
                 "pid": os.getpid(),
-                "heartbeat_at": utcnow(),
                 "active": sorted(active),
                 "stopped": stopped,
             },
+            **server_time("heartbeat_at"),
             "$unset": {"suspected_at": "", "gone_at": ""},  # alive after all
         },
         upsert=True,  # the worker's own heartbeat document, never a Proc
@@ -143,14 +154,18 @@ def beat(collection: Collection, active: Iterable[str], *, stopped: bool = False
 def suspect_silent(
     collection: Collection, *, threshold: float, now: datetime | None = None
 ) -> dict[str, WorkerBeat]:
-    """Mark workers silent past ``threshold`` as suspected (once); return every beat."""
-    now = now or utcnow()
+    """Mark workers silent past ``threshold`` as suspected (once); return every beat.
+
+    ``now`` is the server's time (read with ``hello`` when not given); the mark is the
+    server's time of the write.
+    """
+    now = now or server_now(collection.database)
     collection.update_many(
         {
             "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
             "suspected_at": {"$exists": False},
         },
-        {"$set": {"suspected_at": now}},
+        server_time("suspected_at"),
     )
     return read_beats(collection)
 
@@ -213,7 +228,7 @@ def judge(
     beats: Mapping[str, WorkerBeat],
     *,
     threshold: float,
-    now: datetime | None = None,
+    now: datetime,
     check_active: bool = False,
     orphan_after: float | None = None,
 ) -> Loss | None:
@@ -224,8 +239,10 @@ def judge(
     began and does not list the task; with ``orphan_after``, only once the worker beat
     more than that many seconds after the run began (a beat taken just before the
     claim may not list it yet) — the sweeper's "orphaned run" on a live worker.
+
+    ``now`` is the server's time (:func:`procstatus.clock.server_now`), the clock that
+    wrote the heartbeats and the run's times.
     """
-    now = now or utcnow()
     instance = state.get("worker_instance")
     hostname = state.get("worker_hostname") or "an unknown worker"
     began = aware(state.get("status_changed_at") or state.get("start_time")) or now
@@ -268,9 +285,10 @@ def mark_gone(
     """Mark heartbeats silent past ``threshold`` as stopped; delete those past ``prune_after``.
 
     A deleted heartbeat still judges right: a run naming an unknown instance is lost.
-    Returns how many heartbeats were newly marked stopped.
+    Returns how many heartbeats were newly marked stopped. ``now`` is the server's time
+    (read with ``hello`` when not given).
     """
-    now = now or utcnow()
+    now = now or server_now(collection.database)
     silent = {
         "stopped": {"$ne": True},
         "heartbeat_at": {"$lt": now - timedelta(seconds=threshold)},
@@ -279,7 +297,7 @@ def mark_gone(
     if dry_run:
         return int(collection.count_documents(silent))
     marked = collection.update_many(
-        silent, {"$set": {"stopped": True, "gone_at": now}}
+        silent, {"$set": {"stopped": True}, **server_time("gone_at")}
     ).modified_count
     collection.delete_many(
         {"stopped": True, "heartbeat_at": {"$lt": now - timedelta(seconds=prune_after)}}
@@ -302,16 +320,22 @@ def pid_alive(pid: int | None) -> bool:
 
 def judge_remote_run(state: Mapping[str, Any]) -> Loss | Undecided | None:
     """For a redelivered task: a :class:`Loss` if its first run is lost, ``None`` if it is
-    alive, or :data:`UNDECIDED` when its worker has not beaten since the run started."""
+    alive, or :data:`UNDECIDED` when its worker has not beaten since the run started.
+
+    Judged on the server's clock (one ``hello``), never this worker's: the first run's
+    worker may be another host whose clock disagrees with this one's.
+    """
     threshold = runtime.current.heartbeat_threshold
-    beats = suspect_silent(workers_collection(), threshold=threshold)
-    loss = judge(state, beats, threshold=threshold, check_active=True)
+    workers = workers_collection()
+    now = server_now(workers.database)
+    beats = suspect_silent(workers, threshold=threshold, now=now)
+    loss = judge(state, beats, threshold=threshold, now=now, check_active=True)
     if loss is not None:
         return loss
     worker = beats.get(state.get("worker_instance") or "")
     started = aware(state.get("start_time"))
     if worker is None or (started is not None and worker.heartbeat_at <= started):
         return UNDECIDED
-    if utcnow() - worker.heartbeat_at > timedelta(seconds=threshold):
+    if now - worker.heartbeat_at > timedelta(seconds=threshold):
         return UNDECIDED  # silent, but within its grace: ask again later
     return None

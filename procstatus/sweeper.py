@@ -26,8 +26,14 @@ parent, and every queued call through :func:`procstatus.endings.start_next_call`
 action is logged and counted in :class:`SweepReport`. The sweeper never runs ``join()``
 itself, so a slow join cannot block the process that sweeps.
 
-Limits: a worker's clock and the sweeper's must agree to within the threshold; a
-PENDING run waits ``pending_timeout`` before it is judged, since a queue may be long.
+Each pass reads the server's clock once (``hello``) and judges every stored time against
+it: heartbeats and runs' times are written with the server's time too
+(:mod:`procstatus.clock`), so the clocks of the workers, of the callers and of the host
+that sweeps need not agree with each other.
+
+Limits: heartbeats and the ``Proc`` collections are expected on one server (or servers
+whose clocks agree); a PENDING run waits ``pending_timeout`` before it is judged, since a
+queue may be long.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from mongoengine.base import _document_registry
@@ -43,6 +49,7 @@ from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFai
 
 from procstatus import connection, endings, join, liveness, runtime
 from procstatus.callqueue import NextCallOutcome
+from procstatus.clock import server_now
 from procstatus.document import ProcDocument
 from procstatus.endings import Ending, RunRef
 from procstatus.liveness import Loss, LossKind
@@ -125,7 +132,7 @@ def sweep(
     """
     threshold = threshold if threshold is not None else runtime.current.heartbeat_threshold
     workers = liveness.workers_collection()
-    now = datetime.now(timezone.utc)
+    now = server_now(workers.database)  # one clock for the whole pass: the server's
     beats = (
         liveness.read_beats(workers) if dry_run
         else liveness.suspect_silent(workers, threshold=threshold, now=now)

@@ -21,6 +21,11 @@ document shows this very write, lost if a ``WriteConcernError`` says it ran and 
 nothing, and the error raised again otherwise (nothing is known to have been written).
 What "shows this very write" means is each write's own ``landed`` test.
 
+Every moment written here (``start_time``, ``status_changed_at``, ``complete_time``) is
+the server's time of the write, ``$currentDate`` in the same command
+(:func:`procstatus.clock.server_time`): the liveness checks compare these with heartbeats
+written by other hosts, whose clocks may disagree with this one's.
+
 This module knows collections and keys, not Documents, and imports no Celery.
 """
 
@@ -36,7 +41,7 @@ from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, PyMongoError, WriteConcernError
 
 from procstatus import connection
-from procstatus.clock import utcnow
+from procstatus.clock import server_time
 from procstatus.status import (
     COMPLETED,
     LEGAL_TRANSITIONS,
@@ -247,7 +252,7 @@ def schedule(
     before = _find_and_update(
         target,
         {"process_status": {"$in": _SCHEDULABLE}, _QUEUE_HEAD: {"$exists": False}},
-        {"$set": _pending_fields(process, task_id, arguments)},
+        _pending_update(process, task_id, arguments),
         lambda state: _is(state, process_status=_S.PENDING.value, celery_task_id=task_id),
         before=True,
         projection=_PROJECTION,
@@ -257,10 +262,18 @@ def schedule(
     return before
 
 
+def _pending_update(
+    process: str, task_id: str, arguments: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The update of a newly scheduled run: PENDING since the server's now, and nothing
+    left of the last run."""
+    return {"$set": _pending_fields(process, task_id, arguments),
+            **server_time("status_changed_at")}
+
+
 def _pending_fields(
     process: str, task_id: str, arguments: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """The fields of a newly scheduled run: PENDING, and nothing left of the last run."""
     return {
         "process_status": ProcessStatus.PENDING.value,
         "current_process": process,
@@ -270,7 +283,6 @@ def _pending_fields(
         "last_status_message": f"Process {process} pending",
         "start_time": None,
         "complete_time": None,
-        "status_changed_at": utcnow(),
         "worker_hostname": None,
         "worker_instance": None,
         "worker_pid": None,
@@ -317,7 +329,7 @@ def schedule_next(
     return _update(
         target,
         {"process_status": {"$in": _SCHEDULABLE}, "call_queue.0.id": head_id},
-        {"$set": _pending_fields(process, task_id, arguments), "$pop": {"call_queue": -1}},
+        {**_pending_update(process, task_id, arguments), "$pop": {"call_queue": -1}},
         lambda state: _is(state, process_status=_S.PENDING.value, celery_task_id=task_id),
     )
 
@@ -349,17 +361,12 @@ def start(target: Target, task_id: str, worker: WorkerRef) -> dict | None:
     (a duplicate delivery) or belongs to a newer task. A document found RUNNING under this
     task id and this very worker process after an ambiguous write is this claim.
     """
-    moment = utcnow()
     return _find_and_update(
         target,
         {"process_status": ProcessStatus.PENDING.value, "celery_task_id": task_id},
         {
-            "$set": {
-                "process_status": ProcessStatus.RUNNING.value,
-                "start_time": moment,
-                "status_changed_at": moment,
-                **worker.fields(),
-            }
+            "$set": {"process_status": ProcessStatus.RUNNING.value, **worker.fields()},
+            **server_time("start_time", "status_changed_at"),
         },
         lambda state: worker.claimed(state, task_id),
         before=False,
@@ -383,7 +390,6 @@ def reclaim(
     fewer workers than that; the loss is counted in ``worker_losses``. Returns the
     document after the write.
     """
-    moment = utcnow()
     cap = {} if loss_cap is None else WorkerLoss(loss_cap).within_cap()
     return _find_and_update(
         target,
@@ -395,12 +401,8 @@ def reclaim(
             **cap,
         },
         {
-            "$set": {
-                "start_time": moment,
-                "status_changed_at": moment,
-                "last_status_message": f"Process restarted: {reason}",
-                **worker.fields(),
-            },
+            "$set": {"last_status_message": f"Process restarted: {reason}", **worker.fields()},
+            **server_time("start_time", "status_changed_at"),
             "$push": {"warnings": f"restarted after {reason}"},
             "$inc": _COUNT_LOSS,
         },
@@ -431,9 +433,9 @@ def back_to_pending(
         "$set": {
             "process_status": ProcessStatus.PENDING.value,
             "last_status_message": message,
-            "status_changed_at": utcnow(),
             "celery_task_id": next_task_id,
         },
+        **server_time("status_changed_at"),
         "$push": {"warnings": warning},
     }
     if loss is not None:
@@ -469,18 +471,13 @@ def complete(
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
-    moment = utcnow()
-    fields: dict[str, Any] = {
-        "process_status": status.value,
-        "last_status_message": message,
-        "status_changed_at": moment,
-    }
-    if status in COMPLETED:
-        fields["complete_time"] = moment
+    fields: dict[str, Any] = {"process_status": status.value, "last_status_message": message}
     if clear_queue and status is ProcessStatus.FAILURE:
         fields["call_queue"] = []
     fields.update(progress or {})
-    update: dict[str, Any] = {"$set": fields}
+    stamped = ("status_changed_at", "complete_time") if status in COMPLETED else (
+        "status_changed_at",)
+    update: dict[str, Any] = {"$set": fields, **server_time(*stamped)}
     if errors:
         update["$push"] = {"errors": {"$each": list(errors)}}
     return _update(
@@ -515,17 +512,17 @@ def fail_run(
     """
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
-    moment = utcnow()
     message = f"Process {process} failed: {error}"
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
         "last_status_message": message,
-        "complete_time": moment,
-        "status_changed_at": moment,
     }
     if clear_queue:
         fields["call_queue"] = []
-    update: dict[str, Any] = {"$set": fields, "$push": {"errors": error}}
+    update: dict[str, Any] = {
+        "$set": fields, **server_time("complete_time", "status_changed_at"),
+        "$push": {"errors": error},
+    }
     if over_cap is not None:
         update["$inc"] = _COUNT_LOSS
     return _update(
@@ -549,7 +546,6 @@ def begin_join(target: Target, task_id: str | None, worker: WorkerRef) -> dict |
     ``celery_task_id`` and the worker fields then name the join task, so the liveness
     checks see who runs the join, and a second join task for the same wait loses.
     """
-    moment = utcnow()
     return _find_and_update(
         target,
         {"process_status": ProcessStatus.WAITING_FOR_RESULT.value},
@@ -557,11 +553,11 @@ def begin_join(target: Target, task_id: str | None, worker: WorkerRef) -> dict |
             "$set": {
                 "process_status": ProcessStatus.RUNNING.value,
                 "last_status_message": "Joining results",
-                "status_changed_at": moment,
                 "celery_task_id": task_id,
                 "joining": True,
                 **worker.fields(),
-            }
+            },
+            **server_time("status_changed_at"),
         },
         lambda state: state.get("joining") is True and worker.claimed(state, task_id),
         before=False,
@@ -583,9 +579,9 @@ def abandon_join(
         "$set": {
             "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
             "last_status_message": "Waiting for the join task to be delivered again",
-            "status_changed_at": utcnow(),
             "joining": False,
         },
+        **server_time("status_changed_at"),
         "$push": {"warnings": warning},
     }
     if loss is not None:
@@ -714,7 +710,6 @@ def reset(target: Target, *, force: bool = False) -> dict | None:
     returned.
     """
     allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
-    moment = utcnow()
     return _find_and_update(
         target,
         {"process_status": {"$in": [*allowed, None]}},
@@ -725,13 +720,13 @@ def reset(target: Target, *, force: bool = False) -> dict | None:
                 "errors": [],
                 "warnings": [],
                 "last_status_message": _RESET_MESSAGE,
-                "status_changed_at": moment,
                 "celery_task_id": None,
                 "joining": False,
                 "worker_losses": 0,
                 "progress_done": None,
                 "progress_total": None,
-            }
+            },
+            **server_time("status_changed_at"),
         },
         lambda state: _is(state, process_status=_S.READY.value,
                           last_status_message=_RESET_MESSAGE, celery_task_id=None),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently: the project venv (.venv, with
 # the dashboard extra and playwright), Debian's chromium for the dashboard's browser test
-# (as root; playwright drives it, no browser is downloaded), SecantusDB in a venv of its
-# own (.secantus-venv, skipped when MONGODB_URI is set), and a running Redis (skipped when
-# CELERY_BROKER_URL is set).
+# (as root; playwright drives it, no browser is downloaded), Debian's faketime for the
+# clock-skew test (as root), SecantusDB in a venv of its own (.secantus-venv, skipped
+# when MONGODB_URI is set), and a running Redis (skipped when CELERY_BROKER_URL is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
   else
     say "chromium is missing and this is not root: run 'apt-get install chromium' for the browser test"
+  fi
+fi
+
+if ! compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Debian's faketime (libfaketime, for tests/test_clock_skew.py)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime) >&2
+  else
+    say "libfaketime is missing and this is not root: run 'apt-get install faketime' for the clock-skew test"
   fi
 fi
 

@@ -39,7 +39,7 @@ from procstatus.cli.common import (
     styled,
     warn,
 )
-from procstatus.clock import utcnow
+from procstatus.clock import server_now
 from procstatus.ops import queries
 from procstatus.ops import workers as heartbeats
 from procstatus.ops.errors import NotFound
@@ -65,7 +65,7 @@ def status(
     """
     session = session_of(ctx)
     sources = session.sources(class_name)
-    now = utcnow()
+    now = server_now(session.connect())  # ages on the clock that wrote the stored times
     rows = [queries.counts(source, now=now) for source in sources]
     code = EXIT_ATTENTION if any(r.failures_last_hour for r in rows) else EXIT_OK
     if as_json:
@@ -277,7 +277,7 @@ def workers(
     session = session_of(ctx)
     collection = session.workers_collection()
     limit = parse_duration(threshold) if threshold is not None else session.threshold()
-    now = utcnow()
+    now = server_now(session.connect())  # the clock that stamps heartbeats and suspicions
     found = heartbeats.workers(collection, threshold=limit, now=now)
     code = EXIT_ATTENTION if any(w.state == "silent" for w in found) else EXIT_OK
     marked = 0

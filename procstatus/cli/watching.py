@@ -27,7 +27,6 @@ from procstatus.cli.common import (
     session_of,
     styled,
 )
-from procstatus.clock import utcnow
 from procstatus.ops import queries
 from procstatus.ops.queries import ListQuery, Row
 from procstatus.ops.sources import Source
@@ -71,7 +70,7 @@ def watch(
 
 
 def _watch_view(sources: Sequence[Source], database: str, limit: int) -> RenderableType:
-    now = utcnow()
+    now = queries.now_of(sources)  # ages on the clock that wrote the stored times
     totals = dict.fromkeys(STATUSES, 0)
     failed_1h = 0
     for source in sources:

@@ -23,6 +23,7 @@ import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -37,7 +38,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from procstatus.clock import utcnow
+from procstatus.clock import server_now, utcnow
 from procstatus.dashboard import data, params
 from procstatus.dashboard.params import BadRequest
 from procstatus.dashboard.rendering import HERE, SecurityHeaders, environment, wants_html
@@ -81,8 +82,12 @@ class Dashboard:
     def database(self) -> str:
         return str(self.session.connect().name)
 
+    def now(self) -> datetime:
+        """The server's time: ages are measured on the clock that wrote the stored times."""
+        return server_now(self.session.connect())
+
     def _count(self) -> list[queries.ClassCounts]:
-        now = utcnow()
+        now = self.now()
         return [queries.counts(source, now=now) for source in self.sources()]
 
     def render(self, name: str, http_status: int = 200, **context: Any) -> HTMLResponse:
@@ -244,7 +249,7 @@ class Dashboard:
     def api_status(self, request: Request) -> Response:
         """Exactly ``procstatus status --json``."""
         sources = params.parse_class(self.sources(), params.one(request.query_params, "class"))
-        now = utcnow()
+        now = self.now()
         rows = [queries.counts(source, now=now) for source in sources]
         report = queries.status_json(self.database(), rows, self.session.skipped, now)
         return JSONResponse(jsonable(report))
@@ -258,7 +263,7 @@ class Dashboard:
 
     def api_failures(self, request: Request) -> Response:
         found: data.Failures = self.failures_context(request)["failures"]
-        return JSONResponse(jsonable(found.as_dict(utcnow())))
+        return JSONResponse(jsonable(found.as_dict(self.now())))
 
     def api_workers(self, request: Request) -> Response:
         """``procstatus workers --json``."""

@@ -185,7 +185,7 @@ def failures(
     Through the (process_status, status_changed_at) index: one find per class for the
     rows and one count per class for the total, both bounded to FAILURE in the window.
     """
-    now = now or utcnow()
+    now = now or queries.now_of(list(sources))
     query = ListQuery(statuses=("FAILURE",), process=process, limit=scan,
                       changed_within=window)
     rows = queries.list_documents(sources, query, now=now)
@@ -286,7 +286,7 @@ def document(
 ) -> dict[str, Any]:
     """Everything the document page shows: ``show``'s fields, the timeline, the parent,
     the children (summary and rows)."""
-    now = now or utcnow()
+    now = now or queries.now_of([source])
     detail = queries.show(source, pk, now=now)
     if detail is None:
         raise NotFound(f"{source.name}({pk}) no longer exists")

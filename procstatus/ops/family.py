@@ -16,9 +16,8 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-from procstatus.clock import utcnow
 from procstatus.document import ProcDocument
-from procstatus.ops.queries import DEFAULT_LIMIT, LIST_FIELDS, Row, row_of
+from procstatus.ops.queries import DEFAULT_LIMIT, LIST_FIELDS, Row, now_of, row_of
 from procstatus.ops.sources import Source
 from procstatus.ops.values import STATUSES
 
@@ -54,7 +53,7 @@ def children_rows(
     would need an index on both on a server like SecantusDB), and it reads at most the
     parent's own children.
     """
-    now = now or utcnow()
+    now = now or now_of([source])
     wanted = None if statuses is None else set(statuses)
     rows: list[Row] = []
     cursor = source.collection.find(dict(children_filter), LIST_FIELDS)

@@ -11,6 +11,10 @@ checks it (a parent's children: :mod:`procstatus.ops.family`).
 Counts come from the server (an aggregation on ``process_status``, ``count_documents``);
 no query here loads documents to count them.
 
+Ages and time windows ("older than 10 m", "failed in the last hour") are measured
+against the server's clock (:func:`now_of`, one ``hello``), the clock that wrote the
+stored times, so an operator's host whose clock is off still sees true ages.
+
 This module imports neither Celery nor mongoengine's documents, so a read-only tool
 that knows only a database (no app module) can use it.
 """
@@ -28,7 +32,7 @@ from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.collection import Collection
 
-from procstatus.clock import aware, utcnow
+from procstatus.clock import aware, server_now, utcnow
 from procstatus.ops.sources import Source
 from procstatus.ops.values import (
     PROCESSING_STATUSES,
@@ -47,6 +51,12 @@ FAILURE_WINDOW = 3600.0
 dashboard alike."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def now_of(sources: Sequence[Source]) -> datetime:
+    """The server's time (one ``hello``), to measure the stored times of ``sources``
+    against; this host's clock when there is no source to ask."""
+    return server_now(sources[0].collection.database) if sources else utcnow()
 _INSTANCE_ID = re.compile(r"^[0-9a-f]{32}$")
 """A worker instance id (``uuid4().hex``), as opposed to a hostname."""
 
@@ -135,7 +145,7 @@ def counts(
     aggregation), the oldest PENDING and RUNNING change (one index key each) and the
     failures within ``failure_window`` seconds (``count_documents``).
     """
-    now = now or utcnow()
+    now = now or now_of([source])
     collection = source.collection
     by_status = dict.fromkeys(STATUSES, 0)
     for row in collection.aggregate(count_pipeline()):
@@ -308,7 +318,8 @@ def list_documents(
     """Documents of ``sources`` matching ``query``: newest status change first (or oldest),
     at most ``query.limit`` over all sources together."""
     query = query or ListQuery()
-    now = now or utcnow()
+    sources = list(sources)
+    now = now or now_of(sources)
     rows: list[Row] = []
     for source in sources:
         for find in query.finds(now):
@@ -325,7 +336,7 @@ def list_documents(
 
 def count_matching(source: Source, query: ListQuery, *, now: datetime | None = None) -> int:
     """How many documents of ``source`` match ``query``, regardless of its limit."""
-    now = now or utcnow()
+    now = now or now_of([source])
     total = 0
     for find in query.finds(now):
         hint = source.status_hint() if needs_hint(find["filter"]) else None
@@ -362,7 +373,7 @@ def find_id(sources: Iterable[Source], text: str) -> list[tuple[Source, Any]]:
 def show(source: Source, pk: Any, *, now: datetime | None = None) -> dict[str, Any] | None:
     """The status fields (:data:`STATUS_FIELDS`) of one document, with its progress and
     age (``None`` if it does not exist)."""
-    now = now or utcnow()
+    now = now or now_of([source])
     document = source.collection.find_one({"_id": pk}, {name: 1 for name in STATUS_FIELDS})
     if document is None:
         return None

@@ -14,7 +14,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 
-from procstatus.clock import aware, utcnow
+from procstatus.clock import aware, server_now
 from procstatus.ops.values import jsonable, rounded, seconds_since
 
 
@@ -56,9 +56,10 @@ def workers(
 
     The collection holds one small document per worker start and stopped ones are
     deleted a day later (:func:`procstatus.liveness.mark_gone`), so it is read whole,
-    in ``_id`` index order.
+    in ``_id`` index order. Silence is measured on the server's clock (the one that
+    wrote the beats) unless ``now`` is given.
     """
-    now = now or utcnow()
+    now = now or server_now(collection.database)
     found: list[Worker] = []
     for document in collection.find({}).hint([("_id", ASCENDING)]):
         beat = aware(document.get("heartbeat_at"))

@@ -536,3 +536,34 @@ class RetryUnrecordedJob(Proc):
     def always_flaky(self) -> None:
         redis_client().rpush(runs_key(self.pk), f"flaky:{os.getpid()}")
         raise FlakyError("still flaky")
+
+
+# --- clock skew (tests/test_clock_skew.py) ---------------------------------------------
+
+BEHIND_QUEUE = os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests") + "-behind"
+AHEAD_QUEUE = os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests") + "-ahead"
+
+
+def clock_key(pk: object) -> str:
+    """Redis hash: the wall clock (``time.time()``) of each body run for ``pk``, by pid."""
+    return f"procstatus-test:clock:{pk}"
+
+
+class SkewJob(Proc):
+    """Runs held on a worker whose clock is behind, or ahead, of the others'."""
+
+    meta = {"collection": "skew_jobs"}
+
+    name = StringField()
+
+    def _hold_and_tell_the_time(self, label: str) -> None:
+        redis_client().hset(clock_key(self.pk), str(os.getpid()), repr(time.time()))
+        _hold(self, label)
+
+    @process(queue=BEHIND_QUEUE)
+    def hold_behind(self) -> None:
+        self._hold_and_tell_the_time("behind")
+
+    @process(queue=AHEAD_QUEUE)
+    def hold_ahead(self) -> None:
+        self._hold_and_tell_the_time("ahead")

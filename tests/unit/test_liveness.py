@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from procstatus import liveness
+from procstatus.clock import server_now
 from procstatus.liveness import WorkerBeat
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -43,11 +44,13 @@ def test_a_silent_worker_loses_its_runs_only_after_its_grace(monkeypatch):
 def test_suspicion_is_marked_once_and_a_beat_clears_it(coll, monkeypatch):
     monkeypatch.setattr(liveness.WorkerIdentity, "instance", "w1")
     liveness.beat(coll, [])
-    coll.update_one({"_id": "w1"}, {"$set": {"heartbeat_at": NOW - timedelta(seconds=10)}})
-    first = liveness.suspect_silent(coll, threshold=THRESHOLD, now=NOW)["w1"].suspected_at
-    later = NOW + timedelta(seconds=5)
+    server = server_now(coll.database)
+    coll.update_one({"_id": "w1"}, {"$set": {"heartbeat_at": server - timedelta(seconds=10)}})
+    first = liveness.suspect_silent(coll, threshold=THRESHOLD)["w1"].suspected_at
+    assert first is not None and abs(first - server) < timedelta(seconds=5)  # the server's time
+    later = server + timedelta(seconds=5)
     assert liveness.suspect_silent(coll, threshold=THRESHOLD, now=later)["w1"].suspected_at \
-        == first == NOW
+        == first
     liveness.beat(coll, [])  # alive after all: MongoDB was only down
     assert liveness.read_beats(coll)["w1"].suspected_at is None
 
