@@ -38,6 +38,7 @@ from procstatus import connection, runtime, transitions
 from procstatus.clock import utcnow
 from procstatus.errors import NotRunning, StatusFieldWrite
 from procstatus.status import COMPLETED, PROCESSING, ProcessStatus
+from procstatus.text import cut
 
 if TYPE_CHECKING:
     from mongoengine.queryset import QuerySet as _QuerySet
@@ -204,7 +205,8 @@ class ProcDocument(Document):
         """Record what the process is doing now; others see it at once.
 
         Only the running process's own copy of the document may do this; any other
-        copy, in any process, raises :class:`NotRunning` and writes nothing.
+        copy, in any process, raises :class:`NotRunning` and writes nothing. A step over
+        :data:`~procstatus.text.MAX_TEXT_BYTES` of UTF-8 is stored cut.
         """
         if step is not None and not isinstance(step, str):
             raise TypeError(f"process step must be str or None, not {type(step).__name__}")
@@ -216,14 +218,16 @@ class ProcDocument(Document):
                 self._progress_sent(time.monotonic())
         if not won:
             self._raise_not_running("set_process_step")
-        self._set_state({"current_process_step": step})
+        self._set_state({"current_process_step": None if step is None else cut(step)})
 
     def warning(self, *messages: str) -> None:
         """Append warnings to this process's record (the process goes on).
 
-        Like :meth:`set_process_step`, only from the running process's own copy.
+        Like :meth:`set_process_step`, only from the running process's own copy. Each
+        warning is stored cut to :data:`~procstatus.text.MAX_TEXT_BYTES`, and only the last
+        :data:`~procstatus.transitions.MAX_LIST_ENTRIES` warnings are kept.
         """
-        texts = [str(m) for m in messages]
+        texts = [cut(str(m)) for m in messages]
         if not texts:
             return
         task_id = self._owned_run("warning")
@@ -234,7 +238,8 @@ class ProcDocument(Document):
                 self._progress_sent(time.monotonic())
         if not won:
             self._raise_not_running("warning")
-        self._set_state({"warnings": [*(self.warnings or []), *texts]})
+        kept = [*(self.warnings or []), *texts][-transitions.MAX_LIST_ENTRIES:]
+        self._set_state({"warnings": kept})
 
     def set_progress(self, done: int, total: int | None = None) -> None:
         """Record numeric progress: ``done`` of ``total`` (unknown when ``None``).

@@ -4,6 +4,12 @@ The recorded text keeps the true exception type (``KeyError: 'path'``), names Ce
 time limits with their seconds, and says when a pool process was lost. A
 :class:`~procstatus.errors.ProcessFailure` records exactly the messages it was raised
 with. No Celery here: the limit and lost-worker exceptions are billiard's, Celery's pool.
+
+An exception's text is cut to :data:`procstatus.text.MAX_TEXT_BYTES` here, type first, so
+the type and the beginning of the message's first line are always what is recorded,
+however long the message (a 17 MB one would not fit in a MongoDB document); an exception
+whose ``str()`` itself raises is recorded by its type. Every text is cut again where it is
+written (:mod:`procstatus.transitions`), whatever its source.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, Worker
 
 from procstatus.errors import ProcessFailure
 from procstatus.spec import ProcessSpec
+from procstatus.text import cut
 
 
 def failure_messages(exc: BaseException) -> list[str]:
@@ -21,8 +28,17 @@ def failure_messages(exc: BaseException) -> list[str]:
     ``Type: text``."""
     if isinstance(exc, ProcessFailure):
         return list(exc.errors)
-    text = str(exc)
-    return [f"{type(exc).__name__}: {text}" if text else type(exc).__name__]
+    return [exception_text(exc)]
+
+
+def exception_text(exc: BaseException) -> str:
+    """``Type: message``, cut to :data:`~procstatus.text.MAX_TEXT_BYTES` after the type."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception as str_exc:  # a broken __str__ must not hide what was raised
+        text = f"<str() failed: {type(str_exc).__name__}>"
+    return cut(f"{name}: {text}") if text else name
 
 
 def describe(exc: BaseException) -> str:

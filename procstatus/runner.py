@@ -36,6 +36,7 @@ from procstatus.failures import describe, describe_failure, failure_messages
 from procstatus.messages import JoinCall, ProcessCall
 from procstatus.spec import process_spec
 from procstatus.status import ProcessStatus
+from procstatus.text import cut
 from procstatus.transitions import WorkerRef
 
 logger = logging.getLogger("procstatus")
@@ -229,7 +230,7 @@ def fail(
         proc.on_fail()
     except Exception as hook_exc:
         logger.exception("on_fail hook of %s(%s) failed", type(proc).__name__, proc.pk)
-        errors.append(f"on_fail hook failed: {type(hook_exc).__name__}: {hook_exc}")
+        errors.append(f"on_fail hook failed: {describe(hook_exc)}")
     message = f"Process {proc.current_process} failed: {'; '.join(errors)}"
     return _write(proc, ProcessStatus.FAILURE, message, errors)
 
@@ -259,7 +260,8 @@ def _write(
                 state.get("celery_task_id"),
             )
         return None
-    proc._set_state({"process_status": status, "last_status_message": message})
+    # As stored: the write cut the message (see procstatus.transitions).
+    proc._set_state({"process_status": status, "last_status_message": cut(message)})
     return status
 
 

@@ -5,6 +5,9 @@ finds it again from a class and a method name (the caller, the worker and the sw
 all ask). Arguments travel as JSON in the task's message, so :func:`check_arguments`
 refuses, before anything is written, what JSON cannot carry or what is larger than
 :data:`MAX_ARGUMENT_BYTES`; the worker checks the same bound again on what it receives.
+They are also stored on the document as BSON (``process_arguments``, and each call
+waiting in ``call_queue``), so they must fit :data:`MAX_STORED_ARGUMENT_BYTES` there too,
+and be what MongoDB can store (integers of at most 8 bytes).
 """
 
 from __future__ import annotations
@@ -14,8 +17,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import bson
+from bson.errors import InvalidDocument
+
 MAX_ARGUMENT_BYTES = 64 * 1024
 """Largest JSON encoding of a call's arguments; bigger data belongs in the document."""
+
+MAX_STORED_ARGUMENT_BYTES = MAX_ARGUMENT_BYTES + 1024
+"""Largest BSON encoding of a call's arguments, as stored on the document: the JSON bound
+plus 1 KiB of BSON's own framing. BSON stores every list index as a key, so a long list of
+small numbers takes up to about four times its JSON size; with this bound the 100 calls a
+queue may hold (``procstatus.callqueue.MAX_QUEUED_CALLS``) stay under 7 MB, well inside
+MongoDB's 16 MB document limit."""
 
 SPEC_ATTRIBUTE = "__procstatus_process__"
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
@@ -100,8 +113,28 @@ def check_arguments(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> 
     if size > MAX_ARGUMENT_BYTES:
         raise ValueError(
             f"arguments of {owner}() are {size} bytes as JSON, over the "
-            f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on the document"
+            f"{MAX_ARGUMENT_BYTES}-byte limit; store large data on a document and pass "
+            "its id instead"
         )
+    stored = _stored_size(owner, args, kwargs)
+    if stored > MAX_STORED_ARGUMENT_BYTES:
+        raise ValueError(
+            f"arguments of {owner}() are {stored} bytes as stored on the document (BSON, "
+            f"where every list item carries its index), over the {MAX_STORED_ARGUMENT_BYTES}"
+            "-byte limit; store large data (long lists above all) on a document and pass "
+            "its id instead"
+        )
+
+
+def _stored_size(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The BSON size of the arguments as the document stores them (``process_arguments``)."""
+    try:
+        return len(bson.encode({"args": list(args), "kwargs": kwargs}))
+    except (OverflowError, InvalidDocument) as exc:
+        raise TypeError(
+            f"arguments of {owner}() cannot be stored in MongoDB ({exc}); integers must fit "
+            "in 8 bytes (pass a larger one as a str) and dict keys must not contain NUL"
+        ) from None
 
 
 def _name_bad_argument(owner: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:

@@ -26,6 +26,12 @@ parent, and every queued call through :func:`procstatus.endings.start_next_call`
 action is logged and counted in :class:`SweepReport`. The sweeper never runs ``join()``
 itself, so a slow join cannot block the process that sweeps.
 
+Each document is acted on apart: one whose write raises (say a document a user's own
+fields hold at MongoDB's size limit, which the sweeper's FAILURE would push past) is
+logged with its traceback, counted in ``write_failed`` and left as it was, and the pass
+goes on with the next document and the next class; the next pass tries it again. A lost
+connection to MongoDB is not a document's fault: it ends the pass, raised.
+
 Each pass reads the server's clock once (``hello``) and judges every stored time against
 it: heartbeats and runs' times are written with the server's time too
 (:mod:`procstatus.clock`), so the clocks of the workers, of the callers and of the host
@@ -38,14 +44,16 @@ queue may be long.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from mongoengine.base import _document_registry
 from mongoengine.connection import ConnectionFailure as MongoEngineConnectionFailure
+from pymongo.errors import ConnectionFailure
 
 from procstatus import connection, endings, join, liveness, runtime
 from procstatus.callqueue import NextCallOutcome
@@ -95,6 +103,9 @@ class SweepReport:
     """Idle documents whose next queued call had not been started, and now is."""
     workers_gone: int = 0
     """Heartbeats newly marked stopped."""
+    write_failed: list[str] = field(default_factory=list)
+    """Documents the pass could not act on because acting on them raised (a write MongoDB
+    refused, say); left as they were (the error is logged), tried again by the next pass."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +113,7 @@ class SweepReport:
     def acted(self) -> bool:
         return bool(
             self.failed or self.sent_again or self.awaiting_redelivery or self.never_started
-            or self.joins_sent or self.queued_calls_sent
+            or self.joins_sent or self.queued_calls_sent or self.write_failed
         )
 
 
@@ -157,7 +168,8 @@ def sweep(
                 state, beats, threshold=threshold, now=now, orphan_after=threshold
             )
             if loss is not None:
-                _end_lost(cls, state, loss, report, dry_run)
+                _isolated(cls, state["_id"], report, functools.partial(
+                    _end_lost, cls, state, loss, report, dry_run))
         settled = now - timedelta(seconds=threshold)  # a fresh wait sends its own join
         for state in collection.find(
             {
@@ -166,7 +178,8 @@ def sweep(
             },
             {"_id": 1},
         ):
-            _join_if_ready(cls, state["_id"], report, dry_run)
+            _isolated(cls, state["_id"], report, functools.partial(
+                _join_if_ready, cls, state["_id"], report, dry_run))
         if pending_timeout is not None:
             _fail_never_started(cls, now - timedelta(seconds=pending_timeout), report, dry_run)
         if has_non_blocking(cls):
@@ -178,6 +191,21 @@ def sweep(
     if report.acted():
         logger.warning("procstatus sweep: %s", report.as_dict())
     return report
+
+
+def _isolated(cls: type[ProcDocument], pk: Any, report: SweepReport,
+              act: Callable[[], None]) -> None:
+    """Act on one document; if that raises, log it, count it and let the pass go on."""
+    try:
+        act()
+    except ConnectionFailure:
+        raise  # MongoDB is out of reach for every document: end the pass, loudly
+    except Exception:
+        logger.exception(
+            "procstatus sweep could not act on %s(%s); it is left as it was and the pass "
+            "goes on", cls.__name__, pk,
+        )
+        report.write_failed.append(f"{cls.__name__}({pk})")
 
 
 def _end_lost(
@@ -238,10 +266,14 @@ def _start_stranded_calls(cls: type[ProcDocument], report: SweepReport, dry_run:
     for state in with_calls:
         if state.get("process_status") not in idle:
             continue
-        if dry_run or (
-            endings.start_next_call(cls, state["_id"]).outcome is NextCallOutcome.SENT
-        ):
-            report.queued_calls_sent.append(f"{cls.__name__}({state['_id']})")
+        _isolated(cls, state["_id"], report, functools.partial(
+            _start_next_call, cls, state["_id"], report, dry_run))
+
+
+def _start_next_call(cls: type[ProcDocument], pk: Any, report: SweepReport,
+                     dry_run: bool) -> None:
+    if dry_run or endings.start_next_call(cls, pk).outcome is NextCallOutcome.SENT:
+        report.queued_calls_sent.append(f"{cls.__name__}({pk})")
 
 
 def _fail_never_started(
@@ -252,7 +284,13 @@ def _fail_never_started(
         {"celery_task_id": 1, "current_process": 1},
     )
     for state in stale:
-        run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
-        error = "never started: no worker took the task in time"
-        if dry_run or endings.end_run(run, error, statuses=_PENDING) is Ending.FAILED:
-            report.never_started.append(f"{cls.__name__}({state['_id']})")
+        _isolated(cls, state["_id"], report, functools.partial(
+            _fail_pending, cls, state, report, dry_run))
+
+
+def _fail_pending(cls: type[ProcDocument], state: dict, report: SweepReport,
+                  dry_run: bool) -> None:
+    run = RunRef(cls, state["_id"], state.get("celery_task_id"), state.get("current_process"))
+    error = "never started: no worker took the task in time"
+    if dry_run or endings.end_run(run, error, statuses=_PENDING) is Ending.FAILED:
+        report.never_started.append(f"{cls.__name__}({state['_id']})")

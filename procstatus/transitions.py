@@ -26,6 +26,12 @@ the server's time of the write, ``$currentDate`` in the same command
 (:func:`procstatus.clock.server_time`): the liveness checks compare these with heartbeats
 written by other hosts, whose clocks may disagree with this one's.
 
+Every text a write stores — a step, a status message, an error, a warning — is cut to
+:data:`procstatus.text.MAX_TEXT_BYTES`, and ``errors`` and ``warnings`` keep their last
+:data:`MAX_LIST_ENTRIES` entries (``$push`` with ``$each`` and ``$slice``, in the same
+command), so nothing a process writes can push its document past MongoDB's 16 MB limit.
+A ``landed`` test compares what was stored: the texts as cut.
+
 This module knows collections and keys, not Documents, and imports no Celery.
 """
 
@@ -50,6 +56,10 @@ from procstatus.status import (
     ProcessStatus,
     values,
 )
+from procstatus.text import cut
+
+MAX_LIST_ENTRIES = 100
+"""The most entries ``errors`` and ``warnings`` keep: the last ones pushed."""
 
 STATE_FIELDS: tuple[str, ...] = (
     "process_status",
@@ -82,6 +92,18 @@ _COUNT_LOSS = {"worker_losses": 1}
 # None also matches a missing field: a document saved before its class became a Proc.
 _SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
 _PROJECTION = {name: 1 for name in STATE_FIELDS}
+
+
+def _bounded(entries: Sequence[str]) -> list[str]:
+    """``entries`` as a capped push stores them: the last :data:`MAX_LIST_ENTRIES`, each cut."""
+    # Only the entries that can survive the $slice are sent, so the command stays small too.
+    return [cut(entry) for entry in list(entries)[-MAX_LIST_ENTRIES:]]
+
+
+def _capped_push(field: str, entries: Sequence[str]) -> dict[str, Any]:
+    """The ``$push`` of ``entries`` to ``field`` (``errors``/``warnings``), each cut, the
+    list keeping its last :data:`MAX_LIST_ENTRIES` entries."""
+    return {field: {"$each": _bounded(entries), "$slice": -MAX_LIST_ENTRIES}}
 
 
 _S = ProcessStatus
@@ -280,7 +302,7 @@ def _pending_fields(
         "current_process_step": None,
         "errors": [],
         "warnings": [],
-        "last_status_message": f"Process {process} pending",
+        "last_status_message": cut(f"Process {process} pending"),
         "start_time": None,
         "complete_time": None,
         "worker_hostname": None,
@@ -401,9 +423,10 @@ def reclaim(
             **cap,
         },
         {
-            "$set": {"last_status_message": f"Process restarted: {reason}", **worker.fields()},
+            "$set": {"last_status_message": cut(f"Process restarted: {reason}"),
+                     **worker.fields()},
             **server_time("start_time", "status_changed_at"),
-            "$push": {"warnings": f"restarted after {reason}"},
+            "$push": _capped_push("warnings", [f"restarted after {reason}"]),
             "$inc": _COUNT_LOSS,
         },
         lambda state: worker.claimed(state, task_id),
@@ -429,6 +452,7 @@ def back_to_pending(
     ``worker_losses`` and matches only within the cap (and the lost attempt, if named).
     """
     next_task_id = new_task_id or task_id
+    message = cut(message)
     update: dict[str, Any] = {
         "$set": {
             "process_status": ProcessStatus.PENDING.value,
@@ -436,7 +460,7 @@ def back_to_pending(
             "celery_task_id": next_task_id,
         },
         **server_time("status_changed_at"),
-        "$push": {"warnings": warning},
+        "$push": _capped_push("warnings", [warning]),
     }
     if loss is not None:
         update["$inc"] = _COUNT_LOSS
@@ -471,6 +495,7 @@ def complete(
     status = ProcessStatus(status)
     if status not in COMPLETED and status is not ProcessStatus.WAITING_FOR_RESULT:
         raise ValueError(f"complete() cannot write {status}")
+    message = cut(message)
     fields: dict[str, Any] = {"process_status": status.value, "last_status_message": message}
     if clear_queue and status is ProcessStatus.FAILURE:
         fields["call_queue"] = []
@@ -479,7 +504,7 @@ def complete(
         "status_changed_at",)
     update: dict[str, Any] = {"$set": fields, **server_time(*stamped)}
     if errors:
-        update["$push"] = {"errors": {"$each": list(errors)}}
+        update["$push"] = _capped_push("errors", errors)
     return _update(
         target,
         {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
@@ -512,7 +537,7 @@ def fail_run(
     """
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
-    message = f"Process {process} failed: {error}"
+    message = cut(f"Process {process} failed: {error}")
     fields: dict[str, Any] = {
         "process_status": ProcessStatus.FAILURE.value,
         "last_status_message": message,
@@ -521,7 +546,7 @@ def fail_run(
         fields["call_queue"] = []
     update: dict[str, Any] = {
         "$set": fields, **server_time("complete_time", "status_changed_at"),
-        "$push": {"errors": error},
+        "$push": _capped_push("errors", [error]),
     }
     if over_cap is not None:
         update["$inc"] = _COUNT_LOSS
@@ -582,7 +607,7 @@ def abandon_join(
             "joining": False,
         },
         **server_time("status_changed_at"),
-        "$push": {"warnings": warning},
+        "$push": _capped_push("warnings", [warning]),
     }
     if loss is not None:
         update["$inc"] = _COUNT_LOSS
@@ -666,6 +691,7 @@ def set_step(
     ``progress`` (``progress_done``/``progress_total``) is the run's progress held back by
     the throttle, written in the same command.
     """
+    step = None if step is None else cut(step)
     return _update(
         target,
         {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
@@ -749,8 +775,8 @@ def add_warnings(
 
     ``progress`` is written in the same command, as with :func:`set_step`.
     """
-    texts = list(messages)
-    update: dict[str, Any] = {"$push": {"warnings": {"$each": texts}}}
+    texts = _bounded(messages)
+    update: dict[str, Any] = {"$push": _capped_push("warnings", texts)}
     if progress:
         update["$set"] = _progress_fields(progress)
     return _update(

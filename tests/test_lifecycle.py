@@ -194,6 +194,7 @@ def test_broker_down_at_dispatch_restores_the_previous_state(
     app.conf.task_publish_retry_policy = {
         "max_retries": 1, "interval_start": 0, "interval_step": 0.1,
     }
+    installed = procstatus.runtime.current  # the tests' app, with its heartbeat settings
     procstatus.install(app)
     try:
         job = Job.create(name="no-broker")
@@ -213,7 +214,7 @@ def test_broker_down_at_dispatch_restores_the_previous_state(
         assert fresh.process_status is ProcessStatus.FAILURE and fresh.errors == ["old error"]
     finally:
         private.stop()
-        procstatus.install(celery_app_under_test)
+        procstatus.runtime.current = installed
 
 
 FORGED = {

@@ -183,7 +183,8 @@ def sweep(
 ) -> None:
     """One pass of the sweeper over the classes known through -A.
 
-    Exits 1 when it found something to end, resend or join (or would, with --dry-run).
+    Exits 1 when it found something to end, resend or join (or would, with --dry-run),
+    or a document it could not write.
     """
     session = session_of(ctx)
     session.require_classes("sweep")
@@ -211,6 +212,7 @@ def sweep(
         "never_started": "never started (PENDING past --pending-timeout)",
         "joins_sent": "joins sent (waiting parents with no child under way)",
         "queued_calls_sent": "queued calls started (idle documents with calls waiting)",
+        "write_failed": "could not be written (error logged; left as they were)",
     }
     for key, label in labels.items():
         items = data[key]

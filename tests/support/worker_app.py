@@ -55,6 +55,7 @@ def connect_outage_alias(**_: object) -> None:
         )
 
 
+import tests.support.bounds_models  # noqa: E402,F401
 import tests.support.models  # noqa: E402,F401  (the worker must know the Proc classes)
 
 # --- injected faults (only in workers started with these knobs) -----------------------
