@@ -5,8 +5,10 @@ document moved on, another task owns it, a duplicate delivery). A redelivered me
 whose first run is RUNNING takes it over only when that run is known to be lost: its
 pool process on this machine is gone, or its worker is judged lost by
 :mod:`procstatus.liveness`; while that is unclear, :class:`ClaimUndecided` asks for a
-later delivery. The claimed copy of the document carries the run's task id
-(:func:`attach`): only that copy, in that process, may set the step or add warnings.
+later delivery. Taking over counts the lost worker, within the run's cap on lost workers
+(:func:`procstatus.endings.loss_cap`); past it the run ends FAILURE instead. The claimed
+copy of the document carries the run's task id (:func:`attach`): only that copy, in that
+process, may set the step or add warnings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import TypeVar
 
-from procstatus import liveness, runtime, transitions
+from procstatus import endings, liveness, runtime, transitions
 from procstatus.document import ProcDocument
 from procstatus.endings import RunRef
 from procstatus.messages import ProcessCall
@@ -67,8 +69,7 @@ def claim(call: ProcessCall, task_id: str, worker: transitions.WorkerRef) -> Run
         elif state.get("celery_task_id") != task_id:
             reason = f"it is {state.get('process_status')} for another task"
         elif state.get("process_status") == ProcessStatus.RUNNING.value:
-            document = _reclaim_if_lost(call, target, task_id, state, worker)
-            reason = "its first delivery is still running (duplicate delivery)"
+            document, reason = _reclaim_if_lost(call, target, task_id, state, worker)
         elif state.get("process_status") in {s.value for s in COMPLETED}:
             reason = (
                 f"this run already ended, {state.get('process_status')}: "
@@ -88,34 +89,45 @@ def attach(proc: P, task_id: str) -> P:
     return proc
 
 
+_STILL_RUNNING = "its first delivery is still running (duplicate delivery)"
+
+
 def _reclaim_if_lost(
     call: ProcessCall,
     target: transitions.Target,
     task_id: str,
     state: dict,
     worker: transitions.WorkerRef,
-) -> dict | None:
+) -> tuple[dict | None, str]:
+    """The document taken over, or ``None`` and why not."""
     if state.get("worker_instance") == worker.instance and worker.instance is not None:
         # Same worker: the pool process that ran it either is this one (so that run is
         # over) or is alive or not, which this machine can tell directly.
         lost_pid = state.get("worker_pid")
         if lost_pid != os.getpid() and liveness.pid_alive(lost_pid):
-            return None
+            return None, _STILL_RUNNING
         reason = f"its worker process {lost_pid} was lost"
     else:
         verdict = liveness.judge_remote_run(state)
         if verdict is None:
-            return None
+            return None, _STILL_RUNNING
         if isinstance(verdict, liveness.Undecided):
             raise ClaimUndecided(
                 f"{call.describe()} may still run on {state.get('worker_hostname')}",
                 countdown=runtime.current.heartbeat_interval,
             )
         reason = verdict.text
-    document = transitions.reclaim(target, task_id, state, worker, reason)
+    run = RunRef(call.cls, call.pk, task_id, call.spec.name)
+    loss = endings.worker_loss(
+        run, instance=state.get("worker_instance"), pid=state.get("worker_pid")
+    )
+    document = transitions.reclaim(target, task_id, state, worker, reason, loss_cap=loss.cap)
     if document is not None:
         logger.warning("%s: running again (task %s) because %s", call.describe(), task_id, reason)
-    return document
+        return document, ""
+    if endings.end_past_cap(run, loss, reason) is not None:
+        return None, f"{reason}, once more than max_worker_losses={loss.cap} allows: ended FAILURE"
+    return None, "it was taken over or ended meanwhile"
 
 
 def owns(run: Run) -> bool:

@@ -26,7 +26,7 @@ from procstatus import callqueue, endings, messages, runtime, transitions
 from procstatus.callqueue import Queueing
 from procstatus.document import ProcDocument
 from procstatus.errors import ProcessAlreadyRunning
-from procstatus.spec import SPEC_ATTRIBUTE, ProcessSpec, check_arguments
+from procstatus.spec import SPEC_ATTRIBUTE, ProcessSpec, check_arguments, check_loss_cap
 from procstatus.status import ProcessStatus
 
 logger = logging.getLogger("procstatus")
@@ -83,6 +83,7 @@ def process(
     retry_backoff: float = 1.0,
     retry_backoff_max: float = 600.0,
     retry_on_worker_lost: bool = False,
+    max_worker_losses: int | None = None,
     is_blocking: bool = True,
     clear_queue_on_failure: bool = True,
     priority: int | None = None,
@@ -101,6 +102,7 @@ def process(
     retry_backoff: float = 1.0,
     retry_backoff_max: float = 600.0,
     retry_on_worker_lost: bool = False,
+    max_worker_losses: int | None = None,
     is_blocking: bool = True,
     clear_queue_on_failure: bool = True,
     priority: int | None = None,
@@ -120,6 +122,11 @@ def process(
       ``warnings``.
     - ``retry_on_worker_lost``: the process is idempotent; when its worker is lost it is
       sent again instead of failing.
+    - ``max_worker_losses``: how many times one run may lose its worker (its pool process
+      killed, out of memory, a crash; its whole worker lost) and still be tried again —
+      by ``retry_on_worker_lost`` or by the broker under ``task_acks_late`` +
+      ``task_reject_on_worker_lost``. The loss after that ends the run FAILURE. Default:
+      ``install()``'s ``max_worker_losses`` (3).
     - ``is_blocking=False``: a call while the document is busy waits in its
       ``call_queue`` instead of raising :class:`ProcessAlreadyRunning`, and runs after the
       current run ends (see :mod:`procstatus.callqueue`); ``clear_queue_on_failure``
@@ -133,6 +140,8 @@ def process(
         raise TypeError("autoretry_for must be a tuple of exception classes")
     if max_retries < 0 or retry_backoff < 0:
         raise ValueError("max_retries and retry_backoff must not be negative")
+    if max_worker_losses is not None:
+        check_loss_cap(max_worker_losses)
     if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 255):
         raise ValueError(f"priority must be an int from 0 to 255 (Celery's), not {priority!r}")
 
@@ -142,7 +151,8 @@ def process(
             soft_time_limit=soft_time_limit, time_limit=time_limit,
             autoretry_for=autoretry_for, max_retries=max_retries,
             retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
-            retry_on_worker_lost=retry_on_worker_lost, is_blocking=is_blocking,
+            retry_on_worker_lost=retry_on_worker_lost, max_worker_losses=max_worker_losses,
+            is_blocking=is_blocking,
             clear_queue_on_failure=clear_queue_on_failure, priority=priority,
         )
 

@@ -95,6 +95,8 @@ class ProcDocument(Document):
     worker_pid = IntField(default=None)
     worker_redelivers = BooleanField(default=False)
     """Whether the broker gives this run's message back if its worker is lost (acks_late)."""
+    worker_losses = IntField(default=0)
+    """How many times this run lost its worker and was tried again (see ``max_worker_losses``)."""
     celery_task_id = StringField(default=None)
     process_arguments = DictField(default=None)
     joining = BooleanField(default=False)

@@ -15,6 +15,14 @@ for a process marked ``retry_on_worker_lost``, moves the run back to PENDING and
 it again under a new task id. Limit: if MongoDB cannot be written, nothing here can end
 the run; the sweeper finds it again on its next pass.
 
+The cap on lost workers: every write that tries a run again because its worker was lost
+(a resend here, :func:`await_redelivery`, :func:`await_join_redelivery`, a redelivered
+message's reclaim in :mod:`procstatus.claims`) counts the loss in ``worker_losses`` and
+matches only below the run's cap (:func:`loss_cap`). The loss after the cap therefore
+moves nothing, and :func:`end_past_cap` ends the run FAILURE instead, saying how often it
+lost its worker and why the last time — so a process that kills its worker on every run
+(out of memory, a crashing extension) runs at most cap + 1 times, not forever.
+
 Every ending, in the run's own process or from outside, is followed by
 :func:`after_end`, the only caller of the parent notice (:mod:`procstatus.join`, which
 sends a join task and never runs ``join()`` here) and, through :func:`start_next_call`,
@@ -34,11 +42,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from procstatus import callqueue, join, messages, transitions
+from procstatus import callqueue, join, messages, runtime, transitions
 from procstatus.callqueue import NextCall, NextCallOutcome
 from procstatus.failures import describe
 from procstatus.spec import has_non_blocking, process_spec
 from procstatus.status import PROCESSING, SCHEDULABLE, ProcessStatus
+from procstatus.transitions import WorkerLoss
 
 if TYPE_CHECKING:
     from procstatus.document import ProcDocument
@@ -46,12 +55,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("procstatus")
 
+_RUNNING = frozenset({ProcessStatus.RUNNING})
+
 
 class Ending(Enum):
     """What :func:`end_run` did."""
 
     FAILED = "failed"
     SENT_AGAIN = "sent again"
+    REDELIVERY = "awaiting redelivery"
+    """Back to PENDING (a join: waiting again) until the broker delivers the message again."""
 
 
 @dataclass(frozen=True)
@@ -73,19 +86,24 @@ def end_run(
     *,
     statuses: frozenset[ProcessStatus] = PROCESSING,
     send_again: ProcessCall | None = None,
+    over_cap: WorkerLoss | None = None,
 ) -> Ending | None:
     """End ``run`` from outside with ``error``, or send it again; then :func:`after_end`.
 
+    ``send_again``: the run's worker was lost and its process is ``retry_on_worker_lost``;
+    it is sent again within its cap on lost workers, and past it ended as
+    :func:`end_past_cap` says. ``over_cap``: end the run only if it is past that cap.
     Returns what it did, or ``None`` when the run had already ended or moved on (the
     write was conditional and matched nothing).
     """
     target = run.cls._state_target(run.pk)
     if send_again is not None:
+        loss = worker_loss(run)
         new_id = messages.new_task_id()
         moved = transitions.back_to_pending(
             target, run.task_id or "", new_task_id=new_id,
             message=f"Process {run.process} pending again: {error}",
-            warning=f"sent again after {error}",
+            warning=f"sent again after {error}", loss=loss,
         )
         if moved:
             try:
@@ -102,15 +120,60 @@ def end_run(
                 )
             logger.warning("%s: %s; sent again as task %s", run.describe(), error, new_id)
             return Ending.SENT_AGAIN
+        past_cap = end_past_cap(run, loss, error)
+        if past_cap is not None:
+            return past_cap
+        # Neither sent again nor past the cap: it died before its claim, or moved on.
     spec = process_spec(run.cls, run.process or "")
     if not transitions.fail_run(
         target, run.task_id, run.process, error, statuses,
-        clear_queue=spec is None or spec.clear_queue_on_failure,
+        clear_queue=spec is None or spec.clear_queue_on_failure, over_cap=over_cap,
     ):
         return None
     logger.warning("%s ended from outside: %s", run.describe(), error)
     after_end(run.cls, run.pk, run.process, ProcessStatus.FAILURE)
     return Ending.FAILED
+
+
+def loss_cap(cls: type[ProcDocument], process: str | None) -> int:
+    """How many times a run of ``cls.process`` may lose its worker and still be tried
+    again: its ``@process(max_worker_losses=N)``, else ``install(max_worker_losses=...)``.
+
+    Read in the process that records the loss (a worker's main or pool process, the
+    sweeper's): give every process the same ``install()`` settings.
+    """
+    spec = process_spec(cls, process or "")
+    if spec is not None and spec.max_worker_losses is not None:
+        return spec.max_worker_losses
+    return runtime.current.max_worker_losses
+
+
+def worker_loss(
+    run: RunRef, *, instance: str | None = None, pid: int | None = None
+) -> WorkerLoss:
+    """``run``'s lost worker with its cap; ``instance``/``pid`` name the lost attempt."""
+    return WorkerLoss(loss_cap(run.cls, run.process), instance, pid)
+
+
+def end_past_cap(
+    run: RunRef, loss: WorkerLoss, reason: str, *, context: str = ""
+) -> Ending | None:
+    """End ``run`` FAILURE because its worker was lost once more than ``loss.cap`` allows.
+
+    Called after a write that would have tried the run again matched nothing: it ends the
+    run only if the cap is why (the run is RUNNING under its task id, on the lost attempt
+    if ``loss`` names it, with ``worker_losses`` at the cap). ``reason`` is the last loss's;
+    ``context`` goes before the error (``"join failed: "``). ``None`` if the run had moved
+    on instead.
+    """
+    # Exact while the cap stays the same; a cap lowered during the run understates it.
+    losses = loss.cap + 1
+    times = "once" if losses == 1 else f"{losses} times"
+    error = (
+        f"{context}lost its worker {times}, more than max_worker_losses={loss.cap} allows; "
+        f"last: {reason}"
+    )
+    return end_run(run, error, statuses=_RUNNING, over_cap=loss)
 
 
 def after_end(
@@ -157,7 +220,9 @@ def start_next_call(cls: type[ProcDocument], pk: Any) -> NextCall:
     return next_call
 
 
-def await_redelivery(run: RunRef, error: str) -> bool:
+def await_redelivery(
+    run: RunRef, error: str, *, instance: str | None = None, pid: int | None = None
+) -> Ending | None:
     """RUNNING → PENDING under the same task id: the broker will deliver the message again.
 
     For runs under ``acks_late`` with ``reject_on_worker_lost``, whose message is
@@ -172,33 +237,51 @@ def await_redelivery(run: RunRef, error: str) -> bool:
 
     The redelivery claims PENDING like any start. This is not an ending, so no parent is
     told. Limit: a message that never comes back is failed by the sweeper's
-    ``pending_timeout``. ``False`` when the run was not RUNNING under this task id (it
-    died before its claim, so it is still PENDING, or it had already moved on).
+    ``pending_timeout``. ``instance``/``pid`` name the lost attempt, when known.
+
+    Returns :attr:`Ending.REDELIVERY`; :attr:`Ending.FAILED` when the loss was one past
+    the cap and the run ended instead (its message need not come back); ``None`` when
+    the run was not RUNNING under this task id (it died before its claim, so it is still
+    PENDING, or it had already moved on).
     """
+    loss = worker_loss(run, instance=instance, pid=pid)
     moved = transitions.back_to_pending(
         run.cls._state_target(run.pk), run.task_id or "",
         message=f"Process {run.process} pending again: {error}; the broker delivers it again",
-        warning=f"restarted after {error}",
+        warning=f"restarted after {error}", loss=loss,
     )
-    if moved:
-        logger.warning("%s: %s; waiting for the broker to deliver it again", run.describe(), error)
-    return moved
+    if not moved:
+        return end_past_cap(run, loss, error)
+    logger.warning("%s: %s; waiting for the broker to deliver it again", run.describe(), error)
+    return Ending.REDELIVERY
 
 
-def await_join_redelivery(cls: type[ProcDocument], pk: Any, task_id: str, error: str) -> bool:
+def await_join_redelivery(
+    cls: type[ProcDocument], pk: Any, task_id: str, error: str, *,
+    instance: str | None = None, pid: int | None = None,
+) -> Ending | None:
     """The pool process running a join was lost and the broker gives the join task back.
 
     The parent waits again (RUNNING → WAITING_FOR_RESULT), so the redelivered join task
-    claims the wait and runs ``join()`` again: at least once, as ``acks_late`` promises.
-    ``False`` when that join task no longer runs the parent (it never began, or ended).
+    claims the wait and runs ``join()`` again: at least once, as ``acks_late`` promises,
+    and within the cap on lost workers of the parent's process; past it the parent ends
+    FAILURE ``join failed: lost its worker …``. Returns :attr:`Ending.REDELIVERY`,
+    :attr:`Ending.FAILED`, or ``None`` when that join task no longer runs the parent (it
+    never began, or ended).
     """
+    target = cls._state_target(pk)
+    # The cap is the parent's process's: one read to learn which (a lost join is rare).
+    state = transitions.read_state(target) or {}
+    run = RunRef(cls, pk, task_id, state.get("current_process"))
+    loss = worker_loss(run, instance=instance, pid=pid)
     moved = transitions.abandon_join(
-        cls._state_target(pk), task_id, warning=f"join restarted after {error}"
+        target, task_id, warning=f"join restarted after {error}", loss=loss
     )
-    if moved:
-        logger.warning("%s(%s): join lost (%s); waiting for the broker to deliver it again",
-                       cls.__name__, pk, error)
-    return moved
+    if not moved:
+        return end_past_cap(run, loss, error, context="join failed: ")
+    logger.warning("%s(%s): join lost (%s); waiting for the broker to deliver it again",
+                   cls.__name__, pk, error)
+    return Ending.REDELIVERY
 
 
 def cancel(proc: ProcDocument, *, terminate: bool = False) -> bool:

@@ -56,7 +56,7 @@ from procstatus.errors import ProcessFailure
 from procstatus.failures import describe, describe_failure
 from procstatus.liveness import Heartbeat, WorkerIdentity
 from procstatus.messages import MessageRejected, ProcessCall
-from procstatus.spec import process_spec
+from procstatus.spec import check_loss_cap, process_spec
 from procstatus.status import PENDING_OR_RUNNING, ProcessStatus
 from procstatus.text import redact
 from procstatus.transitions import WorkerRef
@@ -174,6 +174,8 @@ class RunRequest(Request):
     task's request class. Whenever Celery rejects with requeue for such a failure, the
     run goes back to PENDING first (:func:`procstatus.endings.await_redelivery`), or, for
     a join task, its parent waits again (:func:`procstatus.endings.await_join_redelivery`).
+    A loss past the run's cap on lost workers ends the run there instead, and the message
+    is not given back: it would only be refused.
     """
 
     _failure: BaseException | None = None
@@ -191,24 +193,35 @@ class RunRequest(Request):
         if requeue and not self.acknowledged and isinstance(
             self._failure, (WorkerLostError, TimeLimitExceeded)
         ):
+            ended: endings.Ending | None = None
             try:
-                self._await_redelivery(self._failure)
+                ended = self._await_redelivery(self._failure)
             except MessageRejected:
                 pass
             except Exception:  # the redelivery can still take the run over when it is lost
                 logger.exception("could not record that task %s is delivered again", self.id)
+            if ended is endings.Ending.FAILED:
+                logger.warning("task %s: its run lost its worker more often than "
+                               "max_worker_losses allows and ended; the message is not "
+                               "given back to the broker", self.id)
+                requeue = False
         super().reject(requeue=requeue)
 
-    def _await_redelivery(self, failure: BaseException) -> None:
+    def _await_redelivery(self, failure: BaseException) -> endings.Ending | None:
         pool = f" (pool process {self.worker_pid})" if self.worker_pid else ""
+        # The lost attempt, as its claim recorded it: this worker, that pool process.
+        attempt = {"instance": WorkerIdentity.instance, "pid": self.worker_pid}
         if self.task.name == JOIN_TASK_NAME:
             join_call = messages.resolve_join(self.args or (), self.kwargs or {})
             error = describe_failure(failure, None)[-1] + pool
-            endings.await_join_redelivery(join_call.cls, join_call.pk, self.id, error)
-            return
+            return endings.await_join_redelivery(
+                join_call.cls, join_call.pk, self.id, error, **attempt
+            )
         call = messages.resolve(self.args or (), self.kwargs or {})
         error = describe_failure(failure, call.spec)[-1] + pool
-        endings.await_redelivery(RunRef(call.cls, call.pk, self.id, call.spec.name), error)
+        return endings.await_redelivery(
+            RunRef(call.cls, call.pk, self.id, call.spec.name), error, **attempt
+        )
 
 
 def _end_lost_run(call: ProcessCall, task_id: str, exception: BaseException) -> None:
@@ -318,6 +331,7 @@ def install(
     heartbeat_interval: float = runtime.DEFAULT_HEARTBEAT_INTERVAL,
     heartbeat_threshold: float | None = None,
     progress_interval: float = runtime.DEFAULT_PROGRESS_INTERVAL,
+    max_worker_losses: int = runtime.DEFAULT_MAX_WORKER_LOSSES,
     write_concern: WriteConcern | None = None,
 ) -> Task:
     """Register the generic tasks on ``celery_app`` and connect the signal hooks.
@@ -331,6 +345,12 @@ def install(
     - ``progress_interval``: the fewest seconds between two ``set_progress()`` writes of
       one run; a value held back is written within one interval (with the next step or
       warning, else by a trailing write) and always with the run's end.
+    - ``max_worker_losses``: how many times one run may lose its worker (pool process
+      killed, out of memory, a crash; whole worker lost) and still be tried again, by
+      ``retry_on_worker_lost`` or by the broker under ``task_acks_late`` +
+      ``task_reject_on_worker_lost``; the loss after that ends the run FAILURE ``lost its
+      worker N times, …``. ``@process(max_worker_losses=N)`` overrides it per process.
+      Read where the loss is recorded (worker, sweeper): pass every process the same.
     - ``write_concern``: of every status write, whatever the URI says; by default
       ``w="majority"`` (with a 10 s ``wtimeout``), so that no acknowledged status is rolled
       back at a replica-set failover. Pass less only knowing that cost.
@@ -339,6 +359,7 @@ def install(
 
     Calling it again is harmless: hooks are connected once. Returns the generic task.
     """
+    check_loss_cap(max_worker_losses)  # before anything is installed
     _hooks.mongodb_uri = mongodb_uri
     _hooks.mongodb_db = mongodb_db
     _hooks.mongodb_alias = mongodb_alias
@@ -372,6 +393,7 @@ def install(
         heartbeat_interval=heartbeat_interval,
         heartbeat_threshold=heartbeat_threshold or 3 * heartbeat_interval,
         progress_interval=progress_interval,
+        max_worker_losses=max_worker_losses,
         write_concern=write_concern or runtime.majority(),
     )
     connection.warn_if_writes_not_retried(mongodb_alias)

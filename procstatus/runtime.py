@@ -27,6 +27,8 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 """Seconds between two heartbeats of a worker."""
 DEFAULT_PROGRESS_INTERVAL = 0.5
 """The fewest seconds between two ``set_progress()`` writes of one run."""
+DEFAULT_MAX_WORKER_LOSSES = 3
+"""How many times one run may lose its worker and still be tried again."""
 DEFAULT_WRITE_CONCERN_TIMEOUT_MS = 10_000
 """How long a status write waits for a majority of a replica set before it is reported as
 applied but unconfirmed (a ``WriteConcernError``, which procstatus reads as applied)."""
@@ -52,6 +54,8 @@ class Runtime:
     heartbeat_threshold: float = 3 * DEFAULT_HEARTBEAT_INTERVAL
     """A worker silent for longer than this is suspected, then gone."""
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    max_worker_losses: int = DEFAULT_MAX_WORKER_LOSSES
+    """The cap on lost workers per run, where ``@process(max_worker_losses=...)`` sets none."""
     write_concern: WriteConcern = field(default_factory=majority)
     """The write concern of every procstatus write, whatever the connection's URI says."""
 

@@ -50,6 +50,8 @@ class ProcessSpec:
     retry_backoff: float = 1.0
     retry_backoff_max: float = 600.0
     retry_on_worker_lost: bool = False
+    max_worker_losses: int | None = None
+    """Lost workers a run may have and still be tried again; ``None``: ``install()``'s."""
     is_blocking: bool = True
     clear_queue_on_failure: bool = True
     priority: int | None = None
@@ -63,6 +65,21 @@ class ProcessSpec:
         return bool(self.autoretry_for) and isinstance(exc, self.autoretry_for) and (
             retries_done < self.max_retries
         )
+
+
+def check_loss_cap(value: object) -> int:
+    """``value`` as a cap on worker losses (``max_worker_losses``), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"max_worker_losses must be an int of 0 or more (how many times a run may lose "
+            f"its worker and still be tried again), not {value!r}"
+        )
+    if value < 0:
+        raise ValueError(
+            f"max_worker_losses must be an int of 0 or more (0: the first lost worker ends "
+            f"the run), not {value}"
+        )
+    return value
 
 
 def process_spec(cls: type, name: str) -> ProcessSpec | None:

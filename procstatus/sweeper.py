@@ -8,7 +8,8 @@ waiting):
 - **RUNNING** runs whose worker is gone (no heartbeat past the threshold, or stopped)
   are failed — or sent again when the process is ``retry_on_worker_lost``, or moved
   back to PENDING when the worker ran with ``acks_late`` + ``reject_on_worker_lost``
-  (the broker delivers the unacknowledged message again);
+  (the broker delivers the unacknowledged message again); either only within the run's
+  cap on lost workers, past which the run is failed saying how often it lost its worker;
 - **RUNNING** runs whose worker still beats but has not listed the task for longer than
   the threshold (the pool process died and no ``task_failure`` came, the end could not
   be written) are failed as *orphaned*;
@@ -73,7 +74,7 @@ DEFAULT_PENDING_TIMEOUT = 6 * 3600.0
 _RUN_FIELDS = {
     "current_process": 1, "celery_task_id": 1, "worker_instance": 1, "worker_hostname": 1,
     "start_time": 1, "status_changed_at": 1, "process_arguments": 1, "joining": 1,
-    "worker_redelivers": 1,
+    "worker_redelivers": 1, "worker_pid": 1,
 }
 WITH_QUEUED_CALLS = {"call_queue.id": {"$exists": True}}
 """Documents with calls waiting, as the sparse ``call_queue.id`` index holds them."""
@@ -222,8 +223,13 @@ def _end_lost(
         # The lost worker never acknowledged the message: the broker gives it back (at
         # once on RabbitMQ, after the visibility timeout on Redis). An orphaned run is
         # not among these: its live worker may have acknowledged it already.
-        if dry_run or endings.await_redelivery(run, reason):
+        redelivery = Ending.REDELIVERY if dry_run else endings.await_redelivery(
+            run, reason, instance=state.get("worker_instance"), pid=state.get("worker_pid")
+        )
+        if redelivery is Ending.REDELIVERY:
             report.awaiting_redelivery.append(label)
+        elif redelivery is Ending.FAILED:  # past the cap on lost workers
+            report.failed.append(label)
         return
     if dry_run:
         ended: Ending | None = Ending.SENT_AGAIN if resend else Ending.FAILED

@@ -82,6 +82,7 @@ STATE_FIELDS: tuple[str, ...] = (
     "worker_instance",
     "worker_pid",
     "worker_redelivers",
+    "worker_losses",
     "celery_task_id",
     "process_arguments",
     "joining",
@@ -92,6 +93,8 @@ STATE_FIELDS: tuple[str, ...] = (
 """Fields written only through this module."""
 
 _QUEUE_HEAD = "call_queue.0"
+_COUNT_LOSS = {"worker_losses": 1}
+"""The ``$inc`` of a write that records a lost worker."""
 
 # None also matches a missing field: a document saved before its class became a Proc.
 _SCHEDULABLE: list[str | None] = [*values(SCHEDULABLE), None]
@@ -337,6 +340,7 @@ def _pending_fields(
         "worker_hostname": None,
         "worker_instance": None,
         "worker_pid": None,
+        "worker_losses": 0,
         "celery_task_id": task_id,
         # Kept so a sweeper can send the call again after its worker was lost.
         "process_arguments": dict(arguments or {"args": [], "kwargs": {}}),
@@ -425,13 +429,22 @@ def start(target: Target, task_id: str, worker: WorkerRef) -> dict | None:
 
 @performs((_S.RUNNING, _S.RUNNING))
 def reclaim(
-    target: Target, task_id: str, lost: Mapping[str, Any], worker: WorkerRef, reason: str
+    target: Target,
+    task_id: str,
+    lost: Mapping[str, Any],
+    worker: WorkerRef,
+    reason: str,
+    *,
+    loss_cap: int | None = None,
 ) -> dict | None:
     """RUNNING → RUNNING on a new worker, for a redelivered task whose first run was lost.
 
     Conditional on the lost run's task id, worker instance and pid, so of several
-    redeliveries exactly one takes over. Returns the document after the write.
+    redeliveries exactly one takes over, and (with ``loss_cap``) on the run having lost
+    fewer workers than that; the loss is counted in ``worker_losses``. Returns the
+    document after the write.
     """
+    cap = {} if loss_cap is None else WorkerLoss(loss_cap).within_cap()
     return _find_and_update(
         target,
         {
@@ -439,12 +452,14 @@ def reclaim(
             "celery_task_id": task_id,
             "worker_instance": lost.get("worker_instance"),
             "worker_pid": lost.get("worker_pid"),
+            **cap,
         },
         {
             "$set": {"last_status_message": cut(f"Process restarted: {reason}"),
                      **worker.fields()},
             **server_time("start_time", "status_changed_at"),
             "$push": _capped_push("warnings", [f"restarted after {reason}"]),
+            "$inc": _COUNT_LOSS,
         },
         lambda state: worker.claimed(state, task_id),
         before=False,
@@ -459,26 +474,33 @@ def back_to_pending(
     message: str,
     warning: str,
     new_task_id: str | None = None,
+    loss: WorkerLoss | None = None,
 ) -> bool:
     """RUNNING → PENDING for a run that will be tried again (a retry, a lost worker).
 
     With ``new_task_id`` the next attempt is a new message (the sweeper re-dispatching);
     without, Celery redelivers the same task id (a retry). ``warning`` keeps the history.
+    ``loss``: the run is tried again because its worker was lost; the write counts it in
+    ``worker_losses`` and matches only within the cap (and the lost attempt, if named).
     """
     next_task_id = new_task_id or task_id
     message = cut(message)
+    update: dict[str, Any] = {
+        "$set": {
+            "process_status": ProcessStatus.PENDING.value,
+            "last_status_message": message,
+            "celery_task_id": next_task_id,
+        },
+        **server_time("status_changed_at"),
+        "$push": _capped_push("warnings", [warning]),
+    }
+    if loss is not None:
+        update["$inc"] = _COUNT_LOSS
     return _update(
         target,
-        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id},
-        {
-            "$set": {
-                "process_status": ProcessStatus.PENDING.value,
-                "last_status_message": message,
-                "celery_task_id": next_task_id,
-            },
-            **server_time("status_changed_at"),
-            "$push": _capped_push("warnings", [warning]),
-        },
+        {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
+         **(loss.within_cap() if loss is not None else {})},
+        update,
         lambda state: _is(state, process_status=_S.PENDING.value,
                           celery_task_id=next_task_id, last_status_message=message),
     )
@@ -535,12 +557,15 @@ def fail_run(
     statuses: frozenset[ProcessStatus] = PROCESSING,
     *,
     clear_queue: bool = False,
+    over_cap: WorkerLoss | None = None,
 ) -> bool:
     """PENDING/RUNNING/WAITING_FOR_RESULT (or ``statuses``) → FAILURE, from outside the run.
 
     Conditional on the run's task id and process, so only the run that was meant ends.
     Used by :mod:`procstatus.endings` alone: cancel, the sweeper, a lost pool process,
-    a start or a resend that could not happen.
+    a start or a resend that could not happen. ``over_cap``: the run lost its worker once
+    more than its cap allows; it ends only if it has lost ``over_cap.cap`` already (on the
+    lost attempt, if named), and this loss is counted too.
     """
     if not statuses <= PROCESSING:
         raise ValueError(f"fail_run() ends runs under way, not {values(statuses - PROCESSING)}")
@@ -551,15 +576,21 @@ def fail_run(
     }
     if clear_queue:
         fields["call_queue"] = []
+    update: dict[str, Any] = {
+        "$set": fields, **server_time("complete_time", "status_changed_at"),
+        "$push": _capped_push("errors", [error]),
+    }
+    if over_cap is not None:
+        update["$inc"] = _COUNT_LOSS
     return _update(
         target,
         {
             "process_status": {"$in": values(statuses)},
             "celery_task_id": task_id,
             "current_process": process,
+            **(over_cap.past_cap() if over_cap is not None else {}),
         },
-        {"$set": fields, **server_time("complete_time", "status_changed_at"),
-         "$push": _capped_push("errors", [error])},
+        update,
         lambda state: _is(state, process_status=_S.FAILURE.value, celery_task_id=task_id,
                           last_status_message=message),
     )
@@ -591,25 +622,32 @@ def begin_join(target: Target, task_id: str | None, worker: WorkerRef) -> dict |
 
 
 @performs((_S.RUNNING, _S.WAITING_FOR_RESULT))
-def abandon_join(target: Target, task_id: str, *, warning: str) -> bool:
+def abandon_join(
+    target: Target, task_id: str, *, warning: str, loss: WorkerLoss | None = None
+) -> bool:
     """RUNNING → WAITING_FOR_RESULT: the join task ``task_id`` was lost and is delivered again.
 
     Undoes :func:`begin_join` (conditional on that join task still running it), so the
-    redelivered join task wins the wait again like any join task.
+    redelivered join task wins the wait again like any join task. ``loss``: counted in
+    ``worker_losses``, and the write matches only within its cap, as in
+    :func:`back_to_pending`.
     """
+    update: dict[str, Any] = {
+        "$set": {
+            "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
+            "last_status_message": "Waiting for the join task to be delivered again",
+            "joining": False,
+        },
+        **server_time("status_changed_at"),
+        "$push": _capped_push("warnings", [warning]),
+    }
+    if loss is not None:
+        update["$inc"] = _COUNT_LOSS
     return _update(
         target,
         {"process_status": ProcessStatus.RUNNING.value, "celery_task_id": task_id,
-         "joining": True},
-        {
-            "$set": {
-                "process_status": ProcessStatus.WAITING_FOR_RESULT.value,
-                "last_status_message": "Waiting for the join task to be delivered again",
-                "joining": False,
-            },
-            **server_time("status_changed_at"),
-            "$push": _capped_push("warnings", [warning]),
-        },
+         "joining": True, **(loss.within_cap() if loss is not None else {})},
+        update,
         lambda state: _is(state, process_status=_S.WAITING_FOR_RESULT.value,
                           celery_task_id=task_id, joining=False),
     )
@@ -640,6 +678,37 @@ class WorkerRef:
             state, process_status=_S.RUNNING.value, celery_task_id=task_id,
             worker_instance=self.instance, worker_pid=self.pid,
         )
+
+
+@dataclass(frozen=True)
+class WorkerLoss:
+    """A run's lost worker, as the write that tries the run again (or ends it) records it.
+
+    ``cap``: how many lost workers a run may have and still be tried again. A write that
+    tries it again matches only while ``worker_losses`` is below the cap, and counts the
+    loss in the same command; the write after the cap matches nothing, and
+    :func:`fail_run` with ``over_cap`` ends the run instead. ``instance``/``pid``: the
+    worker instance and pool process of the lost attempt, when known; a write naming them
+    leaves alone an attempt that has started since under the same task id.
+    """
+
+    cap: int
+    instance: str | None = None
+    pid: int | None = None
+
+    def attempt(self) -> dict[str, Any]:
+        """The conditions naming the lost attempt (none for what is not known)."""
+        named = {"worker_instance": self.instance, "worker_pid": self.pid}
+        return {name: value for name, value in named.items() if value is not None}
+
+    def within_cap(self) -> dict[str, Any]:
+        """The conditions of a write that tries the run again."""
+        # $not also matches a missing count: a run scheduled before it existed lost none.
+        return {"worker_losses": {"$not": {"$gte": self.cap}}, **self.attempt()}
+
+    def past_cap(self) -> dict[str, Any]:
+        """The conditions of the ending after the last loss the cap allows."""
+        return {"worker_losses": {"$gte": self.cap}, **self.attempt()}
 
 
 def set_step(
@@ -692,10 +761,11 @@ _ANY = (_S.READY, _S.PENDING, _S.RUNNING, _S.WAITING_FOR_RESULT, _S.SUCCESS, _S.
 def reset(target: Target, *, force: bool = False) -> dict | None:
     """SUCCESS/FAILURE (any status with ``force``) → READY: the operator's override.
 
-    Clears the run's step, errors, warnings, progress and task; domain fields and waiting
-    calls are untouched. Returns the state before, or ``None`` if the document is missing,
-    already READY, or (without ``force``) processing. After an ambiguous write that did
-    land, the state before is unknown and the state after is returned.
+    Clears the run's step, errors, warnings, progress, task and count of lost workers;
+    domain fields and waiting calls are untouched. Returns the state before, or ``None`` if
+    the document is missing, already READY, or (without ``force``) processing. After an
+    ambiguous write that did land, the state before is unknown and the state after is
+    returned.
     """
     allowed = [s.value for s in _ANY if s is not _S.READY and (force or s in COMPLETED)]
     return _find_and_update(
@@ -710,6 +780,7 @@ def reset(target: Target, *, force: bool = False) -> dict | None:
                 "last_status_message": _RESET_MESSAGE,
                 "celery_task_id": None,
                 "joining": False,
+                "worker_losses": 0,
                 "progress_done": None,
                 "progress_total": None,
             },

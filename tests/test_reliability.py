@@ -24,11 +24,14 @@ from procstatus.liveness import pid_alive
 from tests.support.models import (
     FAULT_QUEUE,
     IDLE_QUEUE,
+    LOSS_QUEUE,
+    RESENT_LOSS_CAP,
     SPARE_QUEUE,
     FaultJob,
     Job,
     OutageJob,
     RejoinedParent,
+    SelfKillingJob,
     gate_key,
     runs_key,
 )
@@ -193,6 +196,97 @@ def test_an_acks_late_join_whose_pool_process_is_lost_joins_again(
     assert warning.startswith("join restarted after WorkerLostError: worker lost: "), warning
     record_figure(f"RELIABILITY acks_late join pool kill ({broker_kind()}): the parent waited "
                   f"again and was joined, {done.process_status.value}, join() ran 2 times")
+
+
+INSTALLED_LOSS_CAP = 3
+"""``install()``'s default ``max_worker_losses``, which the test workers keep."""
+LOST = "WorkerLostError: worker lost: "
+
+
+def lost_until_the_cap(redis_client, job: SelfKillingJob, cap: int) -> SelfKillingJob:  # type: ignore[no-untyped-def]
+    """Wait until ``job`` ends, or its body ran more often than the cap allows."""
+    def ended_or_past_the_cap() -> SelfKillingJob | None:
+        doc = SelfKillingJob.objects.get(pk=job.pk)
+        over = len(runs(redis_client, job.pk)) > cap + 1
+        return doc if over or doc.process_status not in ProcessStatus.processing() else None
+
+    # About 5 s per loss: Celery notices a dead pool process at its maintenance tick.
+    return wait_for(ended_or_past_the_cap, timeout=60 + 15 * cap, interval=0.2,
+                    what=f"{job.pk} to end, or to run more than {cap + 1} times")
+
+
+def assert_ended_by_the_cap(doc: SelfKillingJob, cap: int, body_runs: int) -> None:
+    assert body_runs == cap + 1, f"the body ran {body_runs} times; the cap is {cap}"
+    assert doc.process_status is ProcessStatus.FAILURE, doc.last_status_message
+    [error] = doc.errors
+    prefix = f"lost its worker {cap + 1} times, more than max_worker_losses={cap} allows; last: "
+    assert error.startswith(prefix + LOST), error
+    assert doc.last_status_message == f"Process {doc.current_process} failed: {error}"
+    assert doc.worker_losses == cap + 1
+
+
+def test_a_resent_process_that_kills_its_pool_process_every_time_ends_at_its_cap(
+    worker, start_worker, redis_client, record_figure
+):
+    """``retry_on_worker_lost``: sent again after each lost pool process, up to the cap."""
+    start_worker("losses-resent", LOSS_QUEUE, concurrency=1)
+    job = SelfKillingJob.create()
+    job.crash_resent()
+    started = time.monotonic()
+    doc = lost_until_the_cap(redis_client, job, RESENT_LOSS_CAP)
+    body_runs = len(runs(redis_client, job.pk))
+    assert_ended_by_the_cap(doc, RESENT_LOSS_CAP, body_runs)
+    assert len(doc.warnings) == RESENT_LOSS_CAP
+    assert all(w.startswith(f"sent again after {LOST}") for w in doc.warnings), doc.warnings
+    record_figure(f"RELIABILITY loss cap, retry_on_worker_lost ({broker_kind()}): "
+                  f"max_worker_losses={RESENT_LOSS_CAP}, body ran {body_runs} times, FAILURE "
+                  f"{time.monotonic() - started:.1f}s after the call")
+
+
+def test_a_redelivered_process_that_kills_its_pool_process_every_time_ends_at_the_cap(
+    worker, start_worker, redis_client, record_figure
+):
+    """``acks_late`` + ``reject_on_worker_lost``: the broker gives the message back after
+    each lost pool process, up to ``install()``'s cap; the last loss drops it."""
+    loss_worker = start_worker(
+        "losses-redelivered", LOSS_QUEUE, concurrency=1, PROCSTATUS_TEST_ACKS_LATE="1"
+    )
+    job = SelfKillingJob.create()
+    job.crash_redelivered()
+    started = time.monotonic()
+    doc = lost_until_the_cap(redis_client, job, INSTALLED_LOSS_CAP)
+    body_runs = len(runs(redis_client, job.pk))
+    assert_ended_by_the_cap(doc, INSTALLED_LOSS_CAP, body_runs)
+    assert len(doc.warnings) == INSTALLED_LOSS_CAP
+    assert all(w.startswith(f"restarted after {LOST}") for w in doc.warnings), doc.warnings
+    assert doc.errors[0].endswith(f"(pool process {doc.worker_pid})")
+    # The last loss ended the run instead of giving the message back.
+    wait_for(lambda: "not given back to the broker" in loss_worker.log_text(), timeout=30,
+             what="the dropped message in the worker's log")
+    record_figure(f"RELIABILITY loss cap, acks_late ({broker_kind()}): "
+                  f"max_worker_losses={INSTALLED_LOSS_CAP}, body ran {body_runs} times, "
+                  f"FAILURE {time.monotonic() - started:.1f}s after the call")
+
+
+def test_a_join_that_kills_its_pool_process_every_time_ends_the_parent_at_the_cap(
+    worker, start_worker, redis_client
+):
+    """``acks_late``: the join task is delivered again after each lost pool process, and
+    the parent waits again, up to the cap of the parent's process."""
+    start_worker("losses-join", LOSS_QUEUE, concurrency=1, PROCSTATUS_TEST_ACKS_LATE="1")
+    parent = SelfKillingJob.create()
+    parent.wait()
+    doc = lost_until_the_cap(redis_client, parent, INSTALLED_LOSS_CAP)
+    joins = len(runs(redis_client, parent.pk))
+    assert joins == INSTALLED_LOSS_CAP + 1, f"join() ran {joins} times"
+    assert doc.process_status is ProcessStatus.FAILURE, doc.last_status_message
+    [error] = doc.errors
+    assert error.startswith(
+        f"join failed: lost its worker {INSTALLED_LOSS_CAP + 1} times, more than "
+        f"max_worker_losses={INSTALLED_LOSS_CAP} allows; last: {LOST}"
+    ), error
+    assert all(w.startswith(f"join restarted after {LOST}") for w in doc.warnings)
+    assert len(doc.warnings) == INSTALLED_LOSS_CAP
 
 
 def test_sweeper_resolves_a_killed_worker_and_spares_a_healthy_one(

@@ -1096,6 +1096,9 @@ class Verdicts:
 
 
 UNTRUE_WORKER_LOST = "UNTRUE: 'worker lost' while its worker was alive"
+PAST_LOSS_CAP = re.compile(
+    r"lost its worker (?:once|\d+ times), more than max_worker_losses=\d+ allows; last: "
+)
 
 
 def utc(moment: datetime) -> datetime:
@@ -1203,6 +1206,9 @@ def analyse(
         for prefix in ("join failed: ", "join lost: "):
             if text.startswith(prefix):
                 text = text[len(prefix):]
+        past_cap = PAST_LOSS_CAP.match(text)
+        if past_cap:  # ended by the cap on lost workers: the last loss names the fault
+            text = text[past_cap.end():]
         pid = doc.get("worker_pid")
         ended = doc.get("complete_time")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import redis
@@ -222,6 +223,45 @@ class FaultJob(Proc):
     def flaky_twice(self) -> None:
         if redis_client().rpush(runs_key(self.pk), f"flaky:{os.getpid()}") <= 2:
             raise FlakyError("not yet")
+
+
+LOSS_QUEUE = os.environ.get("PROCSTATUS_TEST_QUEUE", "procstatus-tests") + "-losses"
+"""The self-killing processes' own queue: a message that loops (as it does without the
+worker-loss cap) is never taken by another test's worker."""
+RESENT_LOSS_CAP = 2
+"""``SelfKillingJob.crash_resent``'s own ``max_worker_losses``."""
+
+
+def _die(proc: Proc, label: str) -> None:
+    """Record one run, then kill this pool process, as the OOM killer or a segfault would."""
+    redis_client().rpush(runs_key(proc.pk), f"{label}:{os.getpid()}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SelfKillingJob(Proc):
+    """Processes that kill their own pool process on every run: without a cap on worker
+    losses, a process tried again after a lost worker is tried again forever."""
+
+    meta = {"collection": "self_killing_jobs"}
+
+    @process(queue=LOSS_QUEUE, retry_on_worker_lost=True, max_worker_losses=RESENT_LOSS_CAP)
+    def crash_resent(self) -> None:
+        _die(self, "resent")
+
+    @process(queue=LOSS_QUEUE)
+    def crash_redelivered(self) -> None:
+        """Under acks_late + reject_on_worker_lost: the broker delivers it again."""
+        _die(self, "redelivered")
+
+    @process(queue=LOSS_QUEUE)
+    def wait(self) -> ProcessStatus:
+        return ProcessStatus.WAITING_FOR_RESULT
+
+    def children(self):  # type: ignore[no-untyped-def]
+        return SlowChild.objects(parent_id=self.pk)  # none: the join task is sent at once
+
+    def join(self) -> None:
+        _die(self, "join")
 
 
 class OutageJob(Proc):

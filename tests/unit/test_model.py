@@ -20,7 +20,10 @@ Invariants (each one names what it would catch):
    id and process, and at teardown the sweeper alone (plus the joins it sends) brings every
    document to SUCCESS or FAILURE;
 5. ``errors`` and ``warnings`` only grow within one run (from a ``schedule`` to the next
-   ``schedule``, winning ``unschedule`` or ``reset``).
+   ``schedule``, winning ``unschedule`` or ``reset``);
+6. a run is tried again after a lost worker (sent again, given back to the broker, taken
+   over by a redelivery, its join given back) at most its cap of times: every such write
+   counts the loss in ``worker_losses``, and a document past its cap is FAILURE.
 
 Replay: the test prints ``model seed: N`` (pytest shows it for a failed test) and every
 failure gets a note with the command; run
@@ -134,7 +137,7 @@ class StateModelSolo(Proc):
     def crunch(self, *args, **kwargs):
         pass
 
-    @process(retry_on_worker_lost=True)
+    @process(retry_on_worker_lost=True, max_worker_losses=2)
     def resendable(self, *args, **kwargs):
         pass
 
@@ -157,7 +160,11 @@ AGE = timedelta(seconds=2 * THRESHOLD)
 TIME_FIELDS = ("status_changed_at", "start_time", "complete_time", "create_time")
 TAG = f"model{random.Random().getrandbits(24):06x}"
 NEVER_STARTED = "never started: no worker took the task in time"
-RESTORED = ("status", "task", "process", "errors", "warnings", "worker", "joining", "aged")
+MODEL_LOSS_CAP = 1
+"""``install()``'s cap on lost workers in this test (``resendable`` has its own, 2): low, so
+that the examples reach it."""
+RESTORED = ("status", "task", "process", "errors", "warnings", "worker", "joining", "aged",
+            "losses")
 """What a winning ``unschedule`` gives back: the model as it was before the schedule."""
 NOT_RUN_OWNED = frozenset({"schedule", "schedule_next", "begin_join", "reset"})
 """Writes whose filter does not name the run's task id: they start a run (the id they carry
@@ -214,6 +221,7 @@ class Doc:
     worker: WorkerRef | None = None
     joining: bool = False
     aged: bool = False  # status_changed_at is older than THRESHOLD
+    losses: int = 0  # worker_losses: lost workers this run was tried again after
     run: int = 0  # bumped by schedule, a winning unschedule, reset: invariant 5's boundary
     history: list = field(default_factory=list)  # every task id it ever had
     undo: tuple | None = None  # (schedule's before-image, the model before that schedule)
@@ -228,6 +236,20 @@ class Doc:
 
     def spec(self):
         return process_spec(self.cls, self.process or "")
+
+    def cap(self):
+        """The run's cap on lost workers: its process's own, else install()'s."""
+        spec = self.spec()
+        own = spec.max_worker_losses if spec is not None else None
+        return MODEL_LOSS_CAP if own is None else own
+
+
+def past_cap_error(cap, reason, context=""):
+    """The error of a run ended by its cap on lost workers (invariant 6)."""
+    losses = cap + 1
+    times = "once" if losses == 1 else f"{losses} times"
+    return (f"{context}lost its worker {times}, more than max_worker_losses={cap} allows; "
+            f"last: {reason}")
 
 
 # --- the spies: every single write checked as it happens (invariants 1, 2, 3, 5) --------------
@@ -280,6 +302,8 @@ fail_statuses = st.sampled_from(
      frozenset({S.WAITING_FOR_RESULT}))
 )
 mostly_right = st.sampled_from((True, True, True, False))
+attempts = st.sampled_from(("none", "own", "own", "other"))
+"""Which attempt a lost worker names: none (not known), the run's own, another one."""
 
 
 class StateModel(RuleBasedStateMachine):
@@ -452,6 +476,7 @@ class StateModel(RuleBasedStateMachine):
             d.undo = (before, copy.deepcopy(replace(d, undo=None)))
             d.status, d.task, d.process = S.PENDING, task, process_name
             d.errors, d.warnings, d.worker, d.joining, d.aged = [], [], None, False, False
+            d.losses = 0
             d.run += 1
             d.history.append(task)
         else:
@@ -574,13 +599,17 @@ class StateModel(RuleBasedStateMachine):
                 verdict = self.lost(d)
                 if verdict is None:
                     continue
-                if d.spec().retry_on_worker_lost and not d.joining:
+                if d.spec().retry_on_worker_lost and not d.joining and d.losses < d.cap():
                     resent.append(d)
                     d.status, d.aged = S.PENDING, False
                     d.warnings.append(ANY)
+                    d.losses += 1
                     if not publish_fails:
                         expected["sent_again"].append(d.label)
                         continue
+                elif d.spec().retry_on_worker_lost and not d.joining:
+                    d.losses += 1  # past the cap: failed saying so (the reason is the sweeper's)
+                    STATS["sweep past the cap"] += 1
                 fail(d, ANY)
                 expected["failed"].append(d.label)
                 if verdict == "orphaned":
@@ -715,61 +744,113 @@ class StateModel(RuleBasedStateMachine):
         self.do_reclaim(d, self.task_for(d, which, data), worker, matching)
 
     def do_reclaim(self, d, task, worker, matching):
-        """Reclaim for ``task``, naming as lost the run's own worker or another one."""
+        """Reclaim for ``task``, naming as lost the run's own worker or another one; past
+        the cap, the claim's ending instead (as :mod:`procstatus.claims` does)."""
         lost_run = d.worker if matching and d.worker else self.workers[(worker + 1) % 3]
         lost = {"worker_instance": lost_run.instance, "worker_pid": lost_run.pid}
         new = self.workers[worker]
-        document = transitions.reclaim(at(d.coll, d.pk), task, lost, new, "a test")
-        expected = (
+        cap = d.cap()
+        joins_before = len(self.join_publisher.calls)
+        document = transitions.reclaim(
+            at(d.coll, d.pk), task, lost, new, "a test", loss_cap=cap
+        )
+        lost_here = (
             d.status is S.RUNNING and task == d.task and d.worker is not None
             and (d.worker.instance, d.worker.pid) == (lost_run.instance, lost_run.pid)
         )
+        expected = lost_here and d.losses < cap
         assert (document is not None) == expected, (
-            f"reclaim({d.key}, {task}) won={document is not None} in {d.status}"
+            f"reclaim({d.key}, {task}) won={document is not None} in {d.status}, "
+            f"{d.losses} of {cap} losses"
         )
+        joins = []
         if expected:
             d.worker, d.aged = new, False
             d.warnings.append("restarted after a test")
+            d.losses += 1
+        else:
+            run = endings.RunRef(d.cls, d.pk, task, d.process)
+            loss = transitions.WorkerLoss(cap, lost_run.instance, lost_run.pid)
+            ended = endings.end_past_cap(run, loss, "a test")
+            assert (ended is endings.Ending.FAILED) == lost_here, f"claim ending → {ended}"
+            if lost_here:
+                STATS["reclaim past the cap ended"] += 1
+                d.status, d.aged = S.FAILURE, False
+                d.errors.append(past_cap_error(cap, "a test"))
+                d.losses += 1
+                joins = self.after_run(d, S.FAILURE)
+        self.check_joins(joins_before, joins)
 
     @precondition(lambda self: self.any_in({S.RUNNING}))
-    @rule(which=which_ids, new_id=st.booleans(), data=st.data())
+    @rule(which=which_ids, new_id=st.booleans(), lost=st.booleans(), named=attempts,
+          data=st.data())
     @_guarded
-    def back_to_pending(self, which, new_id, data):
+    def back_to_pending(self, which, new_id, lost, named, data):
+        """A retry (the body raised) or, ``lost``, a lost worker's run tried again."""
         d = self.pick(data, {S.RUNNING})
         task = self.task_for(d, which, data)
         new_task = self.fresh("task") if new_id else None
+        loss, on_attempt = self.loss_of(d, named) if lost else (None, True)
         won = transitions.back_to_pending(
             at(d.coll, d.pk), task, message="again", warning=f"retry {self.counter}",
-            new_task_id=new_task,
+            new_task_id=new_task, loss=loss,
         )
-        expected = d.status is S.RUNNING and task == d.task
+        expected = d.status is S.RUNNING and task == d.task and on_attempt and (
+            loss is None or d.losses < loss.cap
+        )
         assert won == expected, f"back_to_pending({d.key}, {task}) → {won} in {d.status}"
         if won:
             d.status, d.aged = S.PENDING, False
             d.warnings.append(f"retry {self.counter}")
+            d.losses += loss is not None
             if new_task:
                 d.task = new_task
                 d.history.append(new_task)
 
-    @precondition(lambda self: self.any_in(PROCESSING))
-    @rule(which=which_ids, data=st.data())
+    def loss_of(self, d, named):
+        """A lost worker of ``d``'s run with its cap, naming no attempt, its own or another;
+        and whether it names the attempt the document records."""
+        if named == "none" or d.worker is None:
+            return transitions.WorkerLoss(d.cap()), True
+        if named == "own":
+            return transitions.WorkerLoss(d.cap(), d.worker.instance, d.worker.pid), True
+        other = next(w for w in self.workers if w.instance != d.worker.instance)
+        return transitions.WorkerLoss(d.cap(), other.instance, other.pid), False
+
+    @precondition(lambda self: self.any_in({S.RUNNING}))
+    @rule(which=which_ids, named=attempts, data=st.data())
     @_guarded
-    def await_redelivery(self, which, data):
-        """A lost pool process whose message the broker gives back: PENDING, nobody told."""
-        d = self.pick(data, PROCESSING)
+    def await_redelivery(self, which, named, data):
+        """A lost pool process whose message the broker gives back: PENDING, nobody told;
+        past the run's cap on lost workers, FAILURE through the one ending path."""
+        d = self.pick(data, {S.RUNNING})
         task = self.task_for(d, which, data)
         error = f"lost {self.counter}"
         joins_before = len(self.join_publisher.calls)
         calls_before = len(self.publisher.calls)
-        moved = endings.await_redelivery(endings.RunRef(d.cls, d.pk, task, d.process), error)
-        expected = d.status is S.RUNNING and task == d.task
-        assert moved == expected, f"await_redelivery({d.key}, {task}) → {moved} in {d.status}"
+        loss, on_attempt = self.loss_of(d, named)
+        ended = endings.await_redelivery(
+            endings.RunRef(d.cls, d.pk, task, d.process), error,
+            instance=loss.instance, pid=loss.pid,
+        )
+        joins = []
+        expected = None
+        if d.status is S.RUNNING and task == d.task and on_attempt:
+            d.losses += 1
+            d.aged = False
+            if d.losses <= loss.cap:
+                expected = endings.Ending.REDELIVERY
+                d.status = S.PENDING
+                d.warnings.append(f"restarted after {error}")
+            else:
+                expected = endings.Ending.FAILED
+                d.status = S.FAILURE
+                d.errors.append(past_cap_error(loss.cap, error))
+                joins = self.after_run(d, S.FAILURE)
+        assert ended == expected, f"await_redelivery({d.key}, {task}) → {ended} in {d.status}"
         assert self.publisher.calls[calls_before:] == []  # the broker has the message
-        STATS[f"await_redelivery {'moved' if moved else 'refused'}"] += 1
-        if moved:
-            d.status, d.aged = S.PENDING, False
-            d.warnings.append(f"restarted after {error}")
-        self.check_joins(joins_before, [])
+        STATS[f"await_redelivery {expected}"] += 1
+        self.check_joins(joins_before, joins)
 
     @precondition(lambda self: any(d.joining and d.status is S.RUNNING
                                    for d in self.docs.values()))
@@ -782,14 +863,24 @@ class StateModel(RuleBasedStateMachine):
         task = self.task_for(d, which, data)
         error = f"lost {self.counter}"
         joins_before = len(self.join_publisher.calls)
-        moved = endings.await_join_redelivery(d.cls, d.pk, task, error)
-        expected = d.status is S.RUNNING and task == d.task and d.joining
-        assert moved == expected, f"await_join_redelivery({d.key}, {task}) → {moved}"
-        STATS[f"await_join_redelivery {'moved' if moved else 'refused'}"] += 1
-        if moved:
-            d.status, d.joining, d.aged = S.WAITING_FOR_RESULT, False, False
-            d.warnings.append(f"join restarted after {error}")
-        self.check_joins(joins_before, [])
+        ended = endings.await_join_redelivery(d.cls, d.pk, task, error)
+        joins = []
+        expected = None
+        if d.status is S.RUNNING and task == d.task and d.joining:
+            d.losses += 1
+            d.aged = False
+            if d.losses <= d.cap():
+                expected = endings.Ending.REDELIVERY
+                d.status, d.joining = S.WAITING_FOR_RESULT, False
+                d.warnings.append(f"join restarted after {error}")
+            else:
+                expected = endings.Ending.FAILED
+                d.status = S.FAILURE
+                d.errors.append(past_cap_error(d.cap(), error, "join failed: "))
+                joins = self.after_run(d, S.FAILURE)
+        assert ended == expected, f"await_join_redelivery({d.key}, {task}) → {ended}"
+        STATS[f"await_join_redelivery {expected}"] += 1
+        self.check_joins(joins_before, joins)
 
     @precondition(lambda self: self.any_in({S.RUNNING}))
     @rule(which=which_ids,
@@ -846,7 +937,15 @@ class StateModel(RuleBasedStateMachine):
             self.publisher.error = None
         resends = self.publisher.calls[calls_before:]
         joins = []
-        if send_again and d.status is S.RUNNING and task == d.task:
+        if send_again and d.status is S.RUNNING and task == d.task and d.losses >= d.cap():
+            assert resends == []  # invariant 6: past the cap, ended instead
+            STATS["end_run past the cap ended"] += 1
+            d.status, d.aged = S.FAILURE, False
+            d.errors.append(past_cap_error(d.cap(), error))
+            d.losses += 1
+            expected = endings.Ending.FAILED
+        elif send_again and d.status is S.RUNNING and task == d.task:
+            d.losses += 1
             assert len(resends) == 1 and resends[0]["args"][1] == json_pk(d.pk)
             d.task = resends[0]["task_id"]
             d.history.append(d.task)
@@ -962,6 +1061,7 @@ class StateModel(RuleBasedStateMachine):
                 d.status.value, d.task,
             )
             d.status, d.task, d.errors, d.warnings, d.joining = S.READY, None, [], [], False
+            d.losses = 0
             d.run += 1
         else:
             assert before is None, f"reset(force={force}) of {d.key} won in {d.status}"
@@ -1020,6 +1120,7 @@ class StateModel(RuleBasedStateMachine):
         self.stored_state_matches_the_model(stored)
         self.every_status_change_was_a_checked_write(stored)
         self.errors_and_warnings_only_grow_within_a_run(stored)
+        self.no_run_is_tried_again_past_its_cap(stored)
         # Invariant 3: catches two begin_join wins of one wait, however they came about.
         assert all(len(w) == 1 for w in self.join_winners.values()), self.join_winners
 
@@ -1041,6 +1142,7 @@ class StateModel(RuleBasedStateMachine):
             assert got == want, f"{d.key}: stored {got}, model {want}"
             assert d.errors == list(doc.get("errors") or []), f"{d.key} errors"
             assert d.warnings == list(doc.get("warnings") or []), f"{d.key} warnings"
+            assert d.losses == (doc.get("worker_losses") or 0), f"{d.key} worker_losses"
 
     def every_status_change_was_a_checked_write(self, stored):
         # Invariant 1: catches a status changed by anything but a spied write of transitions.
@@ -1057,6 +1159,18 @@ class StateModel(RuleBasedStateMachine):
                 assert _prefix(seen_errors, errors), f"{d.key} lost errors: {seen_errors}"
                 assert _prefix(seen_warnings, warnings), f"{d.key} lost warnings"
             self.seen[d.pk] = (d.run, errors, warnings)
+
+    def no_run_is_tried_again_past_its_cap(self, stored):
+        # Invariant 6: catches a write that tries a run again without counting the loss, or
+        # past its cap (the count would pass cap + 1, or a run past it would be under way).
+        for d in self.docs.values():
+            doc = stored[d.pk]
+            losses = doc.get("worker_losses") or 0
+            assert losses <= d.cap() + 1, f"{d.key} lost {losses} workers, cap {d.cap()}"
+            if losses > d.cap():
+                assert doc["process_status"] == S.FAILURE.value, (
+                    f"{d.key} is {doc['process_status']} after {losses} lost workers"
+                )
 
     # --- teardown: invariant 4 for real -----------------------------------------------------
 
@@ -1141,6 +1255,7 @@ def test_state_machine_matches_its_model(monkeypatch, request):
     monkeypatch.setattr(runtime.current, "join_task", None)
     # The grace after a suspicion (1.5 intervals) must outlast real time and not AGE.
     monkeypatch.setattr(runtime.current, "heartbeat_interval", THRESHOLD / 3)
+    monkeypatch.setattr(runtime.current, "max_worker_losses", MODEL_LOSS_CAP)
     monkeypatch.setattr(liveness.WorkerIdentity, "instance", liveness.WorkerIdentity.instance)
     monkeypatch.setattr(liveness.WorkerIdentity, "hostname", liveness.WorkerIdentity.hostname)
 
